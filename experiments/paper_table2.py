@@ -1,0 +1,54 @@
+"""The paper's Table 2: one registered experiment per row.
+
+Names are effnet_<model>_<optimizer>_<batch/1000>k, e.g. effnet_b5_lars_65k.
+Rows give model, TPU-v3 cores, global batch, optimizer, LR per 256 examples,
+warmup epochs and the paper's peak top-1; the decay follows the optimizer
+(LARS: polynomial, RMSProp: exponential 0.97 every 2.4 epochs). 350 epochs.
+"""
+import dataclasses
+import functools
+
+from experiments import recipe_builder
+from official_ext.core import experiment_list
+
+
+@dataclasses.dataclass(frozen=True)
+class Table2Row:
+  model_id: str
+  tpu_cores: int
+  global_batch_size: int
+  optimizer: str
+  lr_per_256: float
+  warmup_epochs: float
+  paper_peak_top1: float
+
+  @property
+  def name(self) -> str:
+    return (f'effnet_{self.model_id}_{self.optimizer}_'
+            f'{self.global_batch_size // 1000}k')
+
+  def recipe(self) -> recipe_builder.Recipe:
+    return recipe_builder.Recipe(
+        model_id=self.model_id, global_batch_size=self.global_batch_size,
+        optimizer=self.optimizer, lr_per_256=self.lr_per_256,
+        warmup_epochs=self.warmup_epochs, tpu_cores=self.tpu_cores)
+
+
+TABLE_2 = (
+    Table2Row('b2', 128, 4096, 'rmsprop', 0.016, 5, 0.801),
+    Table2Row('b2', 256, 8192, 'rmsprop', 0.016, 5, 0.800),
+    Table2Row('b2', 512, 16384, 'rmsprop', 0.016, 5, 0.799),
+    Table2Row('b2', 512, 16384, 'lars', 0.236, 50, 0.795),
+    Table2Row('b2', 1024, 32768, 'lars', 0.118, 50, 0.797),
+    Table2Row('b5', 128, 4096, 'rmsprop', 0.016, 5, 0.835),
+    Table2Row('b5', 256, 8192, 'rmsprop', 0.016, 5, 0.834),
+    Table2Row('b5', 512, 16384, 'rmsprop', 0.016, 5, 0.834),
+    Table2Row('b5', 512, 16384, 'lars', 0.236, 50, 0.833),
+    Table2Row('b5', 1024, 32768, 'lars', 0.118, 50, 0.832),
+    Table2Row('b5', 1024, 65536, 'lars', 0.081, 43, 0.830),
+)
+
+for _row in TABLE_2:
+  experiment_list.register_experiment(
+      _row.name,
+      functools.partial(recipe_builder.build_experiment, _row.recipe()))

@@ -1,0 +1,134 @@
+"""Turns one declarative recipe (a row of data) into a Model Garden config.
+
+Every registered experiment of this project is a `Recipe` value; this module is
+the single place that maps recipe fields onto ExperimentConfig fields.
+"""
+import dataclasses
+from typing import Optional, Tuple
+
+from official.core import config_definitions as cfg
+from official.modeling.optimization.configs import optimizer_config
+from official.vision.configs import backbones
+
+from official_ext.core import recipe as recipe_lib
+from official_ext.modeling.optimization import configs as opt_configs
+from official_ext.vision.configs import efficientnet
+from official_ext.vision.configs import image_classification as exp_cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """Everything that distinguishes one experiment from another."""
+  model_id: str                      # 'b0' .. 'b7'
+  global_batch_size: int
+  optimizer: str                     # 'lars' (the paper's) or 'rmsprop'
+  lr_per_256: float
+  warmup_epochs: float
+  train_epochs: float = 350.0
+  eval_every_epochs: float = 4.0
+  num_classes: int = exp_cfg.IMAGENET_NUM_CLASSES
+  train_examples: int = exp_cfg.IMAGENET_TRAIN_EXAMPLES
+  eval_examples: int = exp_cfg.IMAGENET_EVAL_EXAMPLES
+  eval_batch_size: Optional[int] = None   # default: the train batch
+  image_size: Optional[int] = None        # default: the model's
+  dropout_rate: Optional[float] = None    # default: the model's
+  stochastic_depth_drop_rate: float = efficientnet.STOCHASTIC_DEPTH_DROP_RATE
+  end_learning_rate: float = 0.1          # polynomial decay (LARS)
+  ema_decay: Optional[float] = 0.9999
+  label_smoothing: float = 0.1
+  weight_decay: float = 1e-5
+  bn_group_size: int = 1
+  tpu_cores: int = 0                      # the Table 2 slice, if any
+  num_cpu_replicas: int = 0
+  steps_per_loop: int = 1000
+  train_input_path: str = ''
+  eval_input_path: str = ''
+  embedded_dataset: str = ''
+  aug_rand_hflip: bool = True
+  crop_area_range: Tuple[float, float] = (0.08, 1.0)
+  eval_crop_padding: int = 32
+
+  @property
+  def schedule(self) -> str:
+    return 'polynomial' if self.optimizer == 'lars' else 'exponential'
+
+
+def _optimization(r: Recipe) -> opt_configs.OptimizationConfig:
+  if r.optimizer == 'lars':
+    optimizer = opt_configs.OptimizerConfig(
+        type='paper_lars', paper_lars=opt_configs.PaperLARSConfig())
+    learning_rate = opt_configs.LrConfig(
+        type='scaled_polynomial',
+        scaled_polynomial=opt_configs.ScaledPolynomialConfig(
+            lr_per_256=r.lr_per_256, warmup_epochs=r.warmup_epochs,
+            power=2.0, end_learning_rate=r.end_learning_rate))
+  elif r.optimizer == 'rmsprop':
+    optimizer = opt_configs.OptimizerConfig(
+        type='rmsprop',
+        rmsprop=optimizer_config.RMSPropConfig(
+            rho=0.9, momentum=0.9, epsilon=0.001))
+    learning_rate = opt_configs.LrConfig(
+        type='scaled_exponential',
+        scaled_exponential=opt_configs.ScaledExponentialConfig(
+            lr_per_256=r.lr_per_256, warmup_epochs=r.warmup_epochs,
+            decay_rate=0.97, decay_epochs=2.4, staircase=True))
+  else:
+    raise ValueError(f'unknown optimizer {r.optimizer!r}; use lars or rmsprop')
+  ema = None
+  if r.ema_decay:
+    # The reference averages trainable variables and BN moving statistics.
+    ema = optimizer_config.EMAConfig(
+        average_decay=r.ema_decay, trainable_weights_only=False,
+        dynamic_decay=True)
+  return opt_configs.OptimizationConfig(
+      optimizer=optimizer, learning_rate=learning_rate, ema=ema)
+
+
+def build_experiment(r: Recipe) -> exp_cfg.ExperimentConfig:
+  """The resolved ExperimentConfig of recipe `r`."""
+  variant = efficientnet.EFFICIENTNET_VARIANTS[r.model_id]
+  image_size = r.image_size or variant.image_size
+  dropout = variant.dropout_rate if r.dropout_rate is None else r.dropout_rate
+
+  def data(is_training: bool) -> exp_cfg.DataConfig:
+    return exp_cfg.DataConfig(
+        input_path=r.train_input_path if is_training else r.eval_input_path,
+        embedded_dataset=r.embedded_dataset,
+        is_training=is_training,
+        global_batch_size=(r.global_batch_size if is_training else
+                           r.eval_batch_size or r.global_batch_size),
+        num_examples=r.train_examples if is_training else r.eval_examples,
+        aug_rand_hflip=r.aug_rand_hflip,
+        crop_area_range=r.crop_area_range,
+        eval_crop_padding=r.eval_crop_padding,
+        drop_remainder=is_training)
+
+  config = exp_cfg.ExperimentConfig(
+      task=exp_cfg.ImageClassificationTask(
+          model=exp_cfg.ImageClassificationModel(
+              num_classes=r.num_classes,
+              input_size=[image_size, image_size, 3],
+              backbone=backbones.Backbone(
+                  type='efficientnet',
+                  efficientnet=backbones.EfficientNet(
+                      model_id=r.model_id, se_ratio=efficientnet.SE_RATIO,
+                      stochastic_depth_drop_rate=(
+                          r.stochastic_depth_drop_rate))),
+              dropout_rate=dropout,
+              norm_activation=exp_cfg.NormActivation(
+                  bn_group_size=r.bn_group_size)),
+          train_data=data(True),
+          validation_data=data(False),
+          losses=exp_cfg.Losses(label_smoothing=r.label_smoothing,
+                                weight_decay=r.weight_decay)),
+      trainer=exp_cfg.TrainerConfig(
+          optimizer_config=_optimization(r),
+          train_epochs=r.train_epochs,
+          eval_every_epochs=r.eval_every_epochs,
+          steps_per_loop=r.steps_per_loop,
+          summary_interval=r.steps_per_loop),
+      runtime=exp_cfg.RuntimeConfig(
+          num_cpu_replicas=r.num_cpu_replicas, tpu_cores=r.tpu_cores),
+      restrictions=['task.train_data.is_training != None',
+                    'task.validation_data.is_training != None'])
+  return recipe_lib.resolve(config)

@@ -1,0 +1,63 @@
+"""The project's experiments: registration and `train.py --experiment=list`.
+
+`register_experiment` registers a config factory with Model Garden's
+`exp_factory` and remembers the name, so the project's experiments can be
+listed apart from any other registered Model Garden experiment.
+"""
+from typing import Callable, Iterable, List, Tuple
+
+from official.core import exp_factory
+
+from official_ext.modeling.optimization import lr_schedule
+
+_PROJECT_EXPERIMENTS: List[str] = []
+
+
+def register_experiment(name: str, config_factory: Callable[[], object]):
+  exp_factory.register_config_factory(name)(config_factory)
+  _PROJECT_EXPERIMENTS.append(name)
+
+
+def project_experiments() -> Tuple[str, ...]:
+  return tuple(_PROJECT_EXPERIMENTS)
+
+
+COLUMNS = ('experiment', 'model', 'global_batch', 'optimizer', 'lr_per_256',
+           'schedule', 'warmup_epochs')
+
+
+def describe(name: str) -> List[str]:
+  params = exp_factory.get_exp_config(name)
+  model = params.task.model
+  backbone = model.backbone.get()
+  model_id = getattr(backbone, 'model_id', model.backbone.type)
+  optimizer = params.trainer.optimizer_config.optimizer.type
+  lr = params.trainer.optimizer_config.learning_rate
+  schedule = lr.get()
+  if lr.type == 'scaled_polynomial':
+    decay = f'polynomial(power={schedule.power:g})'
+  elif lr.type == 'scaled_exponential':
+    decay = (f'exponential({schedule.decay_rate:g} every '
+             f'{schedule.decay_epochs:g} epochs)')
+  else:
+    decay = lr.type
+  lr_per_256 = getattr(schedule, 'lr_per_256', None)
+  scaled = (lr_schedule.scaled_learning_rate(
+      lr_per_256, params.task.train_data.global_batch_size)
+            if lr_per_256 is not None else None)
+  return [
+      name,
+      f'efficientnet-{model_id} {model.input_size[0]}px',
+      str(params.task.train_data.global_batch_size),
+      optimizer,
+      '-' if lr_per_256 is None else f'{lr_per_256:g} (peak {scaled:.4g})',
+      decay,
+      str(getattr(schedule, 'warmup_epochs', '-')),
+  ]
+
+
+def format_table(names: Iterable[str]) -> str:
+  rows = [list(COLUMNS)] + [describe(n) for n in names]
+  widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+  return '\n'.join('  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+                   for r in rows)

@@ -1,0 +1,89 @@
+"""Human-readable progress lines as Orbit train and eval actions.
+
+After every train loop: step, epoch, loss, learning rate, global images/s and
+images/ms (Table 1's unit) measured over the train loop alone, and the ETA;
+after every evaluation: top-1, top-5 and loss. Lines go to stdout.
+"""
+import sys
+import time
+from typing import Any, Dict, Optional, TextIO
+
+import numpy as np
+import tensorflow as tf
+
+
+def _scalar(value) -> Optional[float]:
+  if value is None:
+    return None
+  try:
+    return float(np.asarray(value).reshape(-1)[0] if np.ndim(value) else value)
+  except (TypeError, ValueError):
+    return None
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  return f'{hours}h{minutes:02d}m{secs:02d}s' if hours else (
+      f'{minutes}m{secs:02d}s')
+
+
+class ProgressReporter:
+  """Prints one line per train loop and per evaluation."""
+
+  def __init__(self, global_step: tf.Variable, train_steps: int,
+               global_batch_size: int, steps_per_epoch: float,
+               stream: TextIO = sys.stdout):
+    self._global_step = global_step
+    self._train_steps = train_steps
+    self._global_batch_size = global_batch_size
+    self._steps_per_epoch = steps_per_epoch
+    self._stream = stream
+    self._last_step = int(global_step.numpy())
+    self._last_time = time.time()
+    self.last_images_per_second: Optional[float] = None
+
+  def restart_clock(self) -> None:
+    """Excludes time spent outside training (eval, setup) from images/s."""
+    self._last_step = int(self._global_step.numpy())
+    self._last_time = time.time()
+
+  def _print(self, line: str) -> None:
+    print(line, file=self._stream, flush=True)
+
+  def train_action(self, output: Optional[Dict[str, Any]]) -> None:
+    output = output or {}
+    now, step = time.time(), int(self._global_step.numpy())
+    steps, seconds = step - self._last_step, max(now - self._last_time, 1e-9)
+    parts = [f'step {step}/{self._train_steps}',
+             f'epoch {step / self._steps_per_epoch:.2f}']
+    loss = _scalar(output.get('training_loss', output.get('loss')))
+    if loss is not None:
+      parts.append(f'loss {loss:.4f}')
+    lr = _scalar(output.get('learning_rate'))
+    if lr is not None:
+      parts.append(f'lr {lr:.5g}')
+    if steps > 0:
+      images_per_second = steps * self._global_batch_size / seconds
+      self.last_images_per_second = images_per_second
+      eta = (self._train_steps - step) * seconds / steps
+      parts += [f'{images_per_second:.1f} images/s',
+                f'{images_per_second / 1000:.4f} images/ms',
+                f'ETA {format_duration(eta)}']
+    self._print(' | '.join(parts))
+    self.restart_clock()
+
+  def eval_action(self, output: Optional[Dict[str, Any]]) -> None:
+    output = output or {}
+    step = int(self._global_step.numpy())
+    parts = [f'eval at step {step}',
+             f'epoch {step / self._steps_per_epoch:.2f}']
+    for key, label in (('top_1_accuracy', 'top-1'),
+                       ('top_5_accuracy', 'top-5'),
+                       ('validation_loss', 'loss')):
+      value = _scalar(output.get(key))
+      if value is not None:
+        parts.append(f'{label} {value:.4f}')
+    self._print(' | '.join(parts))
+    self.restart_clock()

@@ -1,0 +1,128 @@
+"""Runs one experiment: strategy, model_dir bookkeeping, Orbit train/eval loop.
+
+The loop itself is Model Garden's `train_lib.run_experiment` (an Orbit
+controller interleaving training and evaluation on every replica); this module
+picks the tf.distribute strategy, protects an existing model_dir, writes
+params.yaml atomically and the operative gin config, and adds progress actions.
+"""
+import os
+from typing import Any, Dict
+
+import tensorflow as tf
+import yaml
+
+from official.common import distribute_utils
+from official.core import task_factory
+from official.core import train_lib
+from official.core import train_utils
+from official.modeling import hyperparams
+from official.modeling import performance
+
+from official_ext.core import config_overrides
+from official_ext.core import progress
+from official_ext.core import recipe
+from official_ext.core import runtime
+from official_ext import tasks  # pylint: disable=unused-import (registers)
+
+PARAMS_FILE = 'params.yaml'
+
+
+def _plain(value):
+  """Tuples to lists, recursively, so YAML round trips compare equal."""
+  if isinstance(value, dict):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  return value
+
+
+def _first_difference(old: Any, new: Any, path: str = ''):
+  if isinstance(old, dict) and isinstance(new, dict):
+    for key in sorted(set(old) | set(new)):
+      found = _first_difference(old.get(key), new.get(key),
+                                f'{path}.{key}' if path else key)
+      if found:
+        return found
+    return None
+  return None if old == new else (path, old, new)
+
+
+def check_model_dir(model_dir: str, params, mode: str) -> None:
+  """Refuses to train into a model_dir that holds a different experiment.
+
+  Resuming with identical params is allowed (Orbit restores the checkpoint);
+  anything else would mix two runs' checkpoints and summaries.
+  """
+  path = os.path.join(model_dir, PARAMS_FILE)
+  if 'train' not in mode or not tf.io.gfile.exists(path):
+    return
+  with tf.io.gfile.GFile(path) as f:
+    try:
+      old = yaml.load(f, Loader=yaml.FullLoader)
+    except yaml.YAMLError as e:
+      raise config_overrides.ConfigError(
+          f'{path} is not readable YAML ({e.__class__.__name__}); '
+          'use a new --model_dir') from e
+  diff = _first_difference(_plain(old), _plain(params.as_dict()))
+  if diff:
+    key, before, after = diff
+    raise config_overrides.ConfigError(
+        f'model_dir {model_dir!r} holds a run with different params '
+        f'({key}: {before!r} there, {after!r} now); use a new --model_dir '
+        'or the same params to resume')
+
+
+def write_params(params, model_dir: str) -> None:
+  """Writes params.yaml atomically (temp file, then rename)."""
+  tf.io.gfile.makedirs(model_dir)
+  final = os.path.join(model_dir, PARAMS_FILE)
+  temp = final + '.tmp'
+  hyperparams.save_params_dict_to_yaml(params, temp)
+  tf.io.gfile.rename(temp, final, overwrite=True)
+
+
+def build_strategy(params) -> tf.distribute.Strategy:
+  rt = params.runtime
+  if rt.num_cpu_replicas > 0:
+    runtime.configure_logical_cpus(rt.num_cpu_replicas)
+    return runtime.mirrored_cpu_strategy(rt.num_cpu_replicas)
+  return distribute_utils.get_distribution_strategy(
+      distribution_strategy=rt.distribution_strategy,
+      all_reduce_alg=rt.all_reduce_alg,
+      num_gpus=rt.num_gpus,
+      tpu_address=rt.tpu)
+
+
+def run(params, mode: str, model_dir: str, experiment: str = '') -> Dict:
+  """Trains and/or evaluates `params` in `model_dir`; returns the eval logs."""
+  del experiment  # Recorded by the summary writers of the evaluation issue.
+  strategy = build_strategy(params)
+  if 'train' in mode:
+    write_params(params, model_dir)
+  precision = params.runtime.mixed_precision_dtype
+  if precision and precision != 'float32':
+    performance.set_mixed_precision_policy(precision)
+
+  with strategy.scope():
+    task = task_factory.get_task(params.task, logging_dir=model_dir)
+    trainer = train_utils.create_trainer(
+        params, task, train='train' in mode,
+        evaluate='eval' in mode,
+        checkpoint_exporter=train_utils.maybe_create_best_ckpt_exporter(
+            params, model_dir))
+
+  reporter = progress.ProgressReporter(
+      trainer.global_step, params.trainer.train_steps,
+      params.task.train_data.global_batch_size,
+      recipe.steps_per_epoch(params))
+  print(f'{mode}: {strategy.num_replicas_in_sync} replicas '
+        f'({type(strategy).__name__}), {params.trainer.train_steps} steps, '
+        f'model_dir {model_dir} (tensorboard --logdir {model_dir})',
+        flush=True)
+  _, eval_logs = train_lib.run_experiment(
+      distribution_strategy=strategy, task=task, mode=mode, params=params,
+      model_dir=model_dir, trainer=trainer,
+      train_actions=[reporter.train_action],
+      eval_actions=[reporter.eval_action])
+  train_utils.save_gin_config(mode, model_dir)
+  return eval_logs

@@ -1,0 +1,1 @@
+"""The paper's optimizer and schedules, registered with Model Garden's factory."""

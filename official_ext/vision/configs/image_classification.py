@@ -1,0 +1,125 @@
+"""Experiment config for EfficientNet image classification at scale.
+
+Extends Model Garden's image-classification config (subclassing its
+dataclasses) with what the paper's recipe needs: dataset sizes so that epochs
+become steps, epoch-based training and eval cadence, logical CPU replicas, and
+the per-256-scaled optimization configs.
+"""
+import dataclasses
+from typing import List, Optional, Tuple
+
+from official.core import config_definitions as cfg
+from official.vision.configs import backbones
+from official.vision.configs import common
+from official.vision.configs import image_classification as mg_ic
+
+from official_ext.modeling.optimization import configs as opt_configs
+
+IMAGENET_TRAIN_EXAMPLES = 1281167
+IMAGENET_EVAL_EXAMPLES = 50000
+IMAGENET_NUM_CLASSES = 1000
+
+
+@dataclasses.dataclass
+class DataConfig(mg_ic.DataConfig):
+  """Input config.
+
+  Attributes beyond Model Garden's:
+    num_examples: examples in the split; turns epochs into steps and sizes the
+      padding of exact evaluation.
+    crop_aspect_ratio_range: aspect bounds of the random-resized crop.
+    eval_crop_padding: center crop keeps image_size / (image_size + padding)
+      of the shorter side (32 in the reference code).
+    resize_method: 'bicubic' (reference) or 'bilinear'.
+    label_offset: subtracted from stored labels (1 for 1-based ImageNet).
+    embedded_dataset: name of a dataset the project materializes itself on
+      first use ('digits'); it then supplies input_path.
+  """
+  num_examples: int = 0
+  embedded_dataset: str = ''
+  crop_aspect_ratio_range: Tuple[float, float] = (3. / 4., 4. / 3.)
+  eval_crop_padding: int = 32
+  resize_method: str = 'bicubic'
+  label_offset: int = 0
+
+
+@dataclasses.dataclass
+class NormActivation(common.NormActivation):
+  """Norm/activation settings; `bn_group_size` replicas share BN statistics."""
+  activation: str = 'swish'
+  use_sync_bn: bool = False
+  norm_momentum: float = 0.99
+  norm_epsilon: float = 1e-3
+  bn_group_size: int = 1
+
+
+@dataclasses.dataclass
+class ImageClassificationModel(mg_ic.ImageClassificationModel):
+  num_classes: int = IMAGENET_NUM_CLASSES
+  input_size: List[int] = dataclasses.field(
+      default_factory=lambda: [224, 224, 3])
+  backbone: backbones.Backbone = dataclasses.field(
+      default_factory=lambda: backbones.Backbone(
+          type='efficientnet',
+          efficientnet=backbones.EfficientNet(
+              model_id='b0', se_ratio=0.25, stochastic_depth_drop_rate=0.2)))
+  dropout_rate: float = 0.2
+  norm_activation: NormActivation = dataclasses.field(
+      default_factory=NormActivation)
+  kernel_initializer: str = 'random_uniform'
+
+
+@dataclasses.dataclass
+class Losses(mg_ic.Losses):
+  """`weight_decay` is the reference code's L2 term over non-BN variables."""
+  label_smoothing: float = 0.1
+  weight_decay: float = 1e-5
+
+
+@dataclasses.dataclass
+class ImageClassificationTask(mg_ic.ImageClassificationTask):
+  model: ImageClassificationModel = dataclasses.field(
+      default_factory=ImageClassificationModel)
+  train_data: DataConfig = dataclasses.field(
+      default_factory=lambda: DataConfig(is_training=True))
+  validation_data: DataConfig = dataclasses.field(
+      default_factory=lambda: DataConfig(is_training=False))
+  losses: Losses = dataclasses.field(default_factory=Losses)
+
+
+@dataclasses.dataclass
+class TrainerConfig(cfg.TrainerConfig):
+  """Trainer config whose length and eval cadence are given in epochs.
+
+  `train_steps`, `validation_interval`, `validation_steps` and
+  `checkpoint_interval` are derived from these by official_ext.core.recipe.
+  """
+  optimizer_config: opt_configs.OptimizationConfig = dataclasses.field(
+      default_factory=opt_configs.OptimizationConfig)
+  train_epochs: float = 350.0
+  eval_every_epochs: float = 4.0
+  # Evaluation reads the padded eval set to its end (exact metrics).
+  validation_steps: int = -1
+  best_checkpoint_eval_metric: str = 'top_1_accuracy'
+
+
+@dataclasses.dataclass
+class RuntimeConfig(cfg.RuntimeConfig):
+  """Runtime config.
+
+  num_cpu_replicas: if > 0, split the host CPU into this many logical devices
+    and train with MirroredStrategy over them (N replicas on one CPU host).
+  tpu_cores: TPU-v3 cores of the slice the experiment was measured on
+    (Table 2); under TPUStrategy a different replica count is reported.
+  """
+  num_cpu_replicas: int = 0
+  tpu_cores: int = 0
+  mixed_precision_dtype: Optional[str] = 'float32'
+
+
+@dataclasses.dataclass
+class ExperimentConfig(cfg.ExperimentConfig):
+  task: ImageClassificationTask = dataclasses.field(
+      default_factory=ImageClassificationTask)
+  trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+  runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)

@@ -1,0 +1,123 @@
+"""Override precedence and clear failures, through the real parse path."""
+import pytest
+
+import experiments  # pylint: disable=unused-import
+from official_ext.core import config_overrides
+
+ConfigError = config_overrides.ConfigError
+EXP = 'effnet_b2_lars_16k'
+
+
+def batch(params):
+  return params.task.train_data.global_batch_size
+
+
+def parse(**kwargs):
+  return config_overrides.parse_configuration(EXP, **kwargs)
+
+
+@pytest.fixture
+def yaml_file(tmp_path):
+  def write(text, name='override.yaml'):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+  return write
+
+
+@pytest.fixture
+def gin_file(tmp_path):
+  def write(text, name='override.gin'):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+  return write
+
+
+def test_defaults_without_overrides():
+  assert batch(parse()) == 16384
+
+
+def test_precedence_chain(yaml_file, gin_file):
+  config = yaml_file('task:\n  train_data:\n    global_batch_size: 1024\n')
+  assert batch(parse(config_files=[config])) == 1024
+  second = yaml_file('task:\n  train_data:\n    global_batch_size: 2048\n',
+                     'second.yaml')
+  assert batch(parse(config_files=[config, second])) == 2048
+  gin1 = gin_file('task.train_data.global_batch_size = 4096')
+  assert batch(parse(config_files=[config], gin_files=[gin1])) == 4096
+  assert batch(parse(config_files=[config], gin_files=[gin1],
+                     gin_params=['train_data.global_batch_size = 512'])) == 512
+  params = parse(config_files=[config], gin_files=[gin1],
+                 gin_params=['train_data.global_batch_size = 512'],
+                 params_override='task.train_data.global_batch_size=256')
+  assert batch(params) == 256
+
+
+def test_gin_sets_nested_fields_and_rescales_derived_values():
+  params = parse(gin_params=[
+      'task.train_data.global_batch_size = 1024',
+      'scaled_polynomial.lr_per_256 = 0.5',
+      'scaled_polynomial.warmup_epochs = 7',
+      'task.model.norm_activation.bn_group_size = 4',
+      'runtime.num_cpu_replicas = 8',
+      "runtime.mixed_precision_dtype = 'bfloat16'",
+      'trainer.train_epochs = 10',
+  ])
+  lr = params.trainer.optimizer_config.learning_rate.scaled_polynomial
+  assert (lr.lr_per_256, lr.warmup_epochs) == (0.5, 7)
+  assert lr.global_batch_size == 1024
+  assert lr.steps_per_epoch == pytest.approx(1281167 / 1024)
+  assert params.trainer.train_steps == int(10 * 1281167 / 1024)
+  assert lr.train_steps == params.trainer.train_steps
+  assert params.task.model.norm_activation.bn_group_size == 4
+  assert params.runtime.num_cpu_replicas == 8
+  assert params.runtime.mixed_precision_dtype == 'bfloat16'
+  assert params._locked  # pylint: disable=protected-access
+
+
+def test_params_override_beats_gin_for_derived_inputs():
+  params = parse(gin_params=['trainer.train_epochs = 10'],
+                 params_override='trainer.train_epochs=20')
+  assert params.trainer.train_steps == int(20 * 1281167 / 16384)
+
+
+@pytest.mark.parametrize('binding, fragment', [
+    ('task.train_data.global_batch_sise = 4', 'global_batch_sise'),
+    ('task.train_dat.global_batch_size = 4', 'task.train_dat'),
+    ('scaled_polynomial.lr_per_265 = 0.1', 'lr_per_265'),
+])
+def test_gin_unknown_binding_fails(binding, fragment):
+  with pytest.raises(ConfigError, match=fragment) as e:
+    parse(gin_params=[binding])
+  assert '\n' not in str(e.value)
+
+
+def test_unknown_key_in_params_override_and_config_file(yaml_file):
+  with pytest.raises(ConfigError, match='global_batch_sise'):
+    parse(params_override='task.train_data.global_batch_sise=4')
+  bad = yaml_file('task:\n  train_dat:\n    global_batch_size: 4\n')
+  with pytest.raises(ConfigError, match='train_dat'):
+    parse(config_files=[bad])
+
+
+def test_derived_field_cannot_be_set_by_hand():
+  with pytest.raises(ConfigError, match='trainer.train_epochs'):
+    parse(params_override='trainer.train_steps=10')
+  with pytest.raises(ConfigError, match='derived'):
+    parse(gin_params=['scaled_polynomial.global_batch_size = 10'])
+
+
+def test_unknown_experiment_lists_registered_ones():
+  with pytest.raises(ConfigError, match='effnet_b5_lars_65k'):
+    config_overrides.parse_configuration('effnet_b9_lars_1k')
+
+
+def test_invalid_value_fails_before_training():
+  with pytest.raises(ConfigError, match='global_batch_size'):
+    parse(params_override='task.train_data.global_batch_size=0')
+
+
+def test_gin_bindings_do_not_leak_between_parses():
+  parse(gin_params=['task.train_data.global_batch_size = 1024'])
+  assert batch(parse()) == 16384

@@ -1,0 +1,83 @@
+"""Every registered experiment resolves, validates and builds."""
+import pytest
+import tf_keras
+
+import experiments
+from experiments import paper_table2
+from official.core import exp_factory
+from official.core import task_factory
+from official_ext.modeling.optimization import lars
+
+
+def test_table2_names_and_count():
+  assert [r.name for r in paper_table2.TABLE_2] == [
+      'effnet_b2_rmsprop_4k', 'effnet_b2_rmsprop_8k', 'effnet_b2_rmsprop_16k',
+      'effnet_b2_lars_16k', 'effnet_b2_lars_32k', 'effnet_b5_rmsprop_4k',
+      'effnet_b5_rmsprop_8k', 'effnet_b5_rmsprop_16k', 'effnet_b5_lars_16k',
+      'effnet_b5_lars_32k', 'effnet_b5_lars_65k']
+  assert len(experiments.EXPERIMENT_NAMES) == 12
+
+
+@pytest.mark.parametrize('row', paper_table2.TABLE_2, ids=lambda r: r.name)
+def test_row_fields(row):
+  params = exp_factory.get_exp_config(row.name)
+  params.validate()
+  model = params.task.model
+  sizes = {'b2': (260, 0.3), 'b5': (456, 0.4)}
+  assert model.backbone.get().model_id == row.model_id
+  assert (model.input_size[0], model.dropout_rate) == sizes[row.model_id]
+  assert params.task.train_data.global_batch_size == row.global_batch_size
+  assert params.task.train_data.num_examples == 1281167
+  assert params.task.validation_data.num_examples == 50000
+  assert params.trainer.train_epochs == 350
+  assert params.runtime.tpu_cores == row.tpu_cores
+  opt = params.trainer.optimizer_config
+  lr = opt.learning_rate.get()
+  assert lr.lr_per_256 == row.lr_per_256
+  assert lr.warmup_epochs == row.warmup_epochs
+  assert opt.ema.average_decay == 0.9999
+  assert params.task.losses.label_smoothing == 0.1
+  assert params.task.losses.weight_decay == 1e-5
+  if row.optimizer == 'lars':
+    assert opt.optimizer.type == 'paper_lars'
+    assert opt.learning_rate.type == 'scaled_polynomial'
+    assert (opt.optimizer.paper_lars.momentum, opt.optimizer.paper_lars.eeta,
+            opt.optimizer.paper_lars.weight_decay) == (0.9, 0.001, 1e-5)
+  else:
+    rms = opt.optimizer.rmsprop
+    assert opt.optimizer.type == 'rmsprop'
+    assert (rms.rho, rms.momentum, rms.epsilon) == (0.9, 0.9, 0.001)
+    assert opt.learning_rate.type == 'scaled_exponential'
+    assert (lr.decay_rate, lr.decay_epochs, lr.staircase) == (0.97, 2.4, True)
+
+
+def test_b5_lars_65k_resolves_to_the_paper_row():
+  params = exp_factory.get_exp_config('effnet_b5_lars_65k')
+  lr = params.trainer.optimizer_config.learning_rate.scaled_polynomial
+  assert params.task.train_data.global_batch_size == 65536
+  assert lr.lr_per_256 * lr.global_batch_size / 256 == pytest.approx(20.736)
+  assert lr.warmup_epochs == 43
+  assert params.task.model.input_size == [456, 456, 3]
+  assert params.task.model.dropout_rate == 0.4
+
+
+@pytest.mark.parametrize('name', experiments.EXPERIMENT_NAMES)
+def test_builds_model_and_optimizer_at_tiny_size(name):
+  params = exp_factory.get_exp_config(name)
+  params.override({'task': {'model': {'input_size': [32, 32, 3]}}})
+  params.validate()
+  task = task_factory.get_task(params.task)
+  model = task.build_model()
+  assert model.output_shape[-1] == params.task.model.num_classes
+  optimizer = task.create_optimizer(params.trainer.optimizer_config,
+                                    params.runtime)
+  inner = getattr(optimizer, '_optimizer', optimizer)  # EMA wrapper
+  expected = {'paper_lars': lars.PaperLARS,
+              'rmsprop': tf_keras.optimizers.legacy.RMSprop}[
+                  params.trainer.optimizer_config.optimizer.type]
+  assert isinstance(inner, expected)
+  peak = optimizer.learning_rate(
+      params.trainer.optimizer_config.learning_rate.get().train_steps // 7)
+  assert float(peak) > 0
+  del model
+  tf_keras.backend.clear_session()

@@ -1,0 +1,71 @@
+r"""Training driver with Model Garden's flags.
+
+  python train.py                               # the embedded digits demo
+  python train.py --experiment=list             # every registered experiment
+  python train.py --experiment=effnet_b5_lars_65k --mode=train_and_eval \
+      --model_dir=gs://bucket/run --tpu=my-tpu --gin_file=gin/tpu_v3_1024.gin
+
+Override precedence (lowest to highest): experiment defaults, --config_file,
+--gin_file, --gin_params, --tpu, --params_override (see
+official_ext/core/config_overrides.py).
+"""
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+import experiments  # pylint: disable=unused-import  (registers experiments)
+from official_ext.core import config_overrides
+from official_ext.core import experiment_list
+from official_ext.core import run_driver
+
+MODES = ('train', 'eval', 'train_and_eval', 'continuous_eval')
+
+flags.DEFINE_string(
+    'experiment', 'effnet_b0_digits',
+    'Registered experiment name, or "list" to print every experiment.')
+flags.DEFINE_enum('mode', 'train_and_eval', MODES, 'What to run.')
+flags.DEFINE_string(
+    'model_dir', None,
+    'Checkpoints, params.yaml, gin config and TensorBoard summaries. '
+    'Default: runs/<experiment>.')
+flags.DEFINE_multi_string(
+    'config_file', None, 'YAML files overriding the experiment, in order.')
+flags.DEFINE_string(
+    'params_override', '',
+    'Last override: YAML string/file or "a.b=1,c.d=x".')
+flags.DEFINE_multi_string('gin_file', None, 'Gin files, in order.')
+flags.DEFINE_multi_string('gin_params', None, 'Gin bindings, in order.')
+flags.DEFINE_string('tpu', None, 'TPU name or address; selects TPUStrategy.')
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if FLAGS.experiment == 'list':
+    print(experiment_list.format_table(experiments.EXPERIMENT_NAMES))
+    return 0
+  try:
+    params = config_overrides.parse_configuration(
+        FLAGS.experiment,
+        config_files=FLAGS.config_file,
+        gin_files=FLAGS.gin_file,
+        gin_params=FLAGS.gin_params,
+        tpu=FLAGS.tpu,
+        params_override=FLAGS.params_override)
+    model_dir = FLAGS.model_dir or os.path.join('runs', FLAGS.experiment)
+    run_driver.check_model_dir(model_dir, params, FLAGS.mode)
+  except config_overrides.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  run_driver.run(params, FLAGS.mode, model_dir, experiment=FLAGS.experiment)
+  return 0
+
+
+if __name__ == '__main__':
+  logging.set_verbosity(logging.WARNING)
+  app.run(main)
