@@ -38,6 +38,7 @@ class Recipe:
   label_smoothing: float = 0.1
   weight_decay: float = 1e-5
   bn_group_size: int = 1
+  bn_momentum: float = 0.99
   tpu_cores: int = 0                      # the Table 2 slice, if any
   num_cpu_replicas: int = 0
   steps_per_loop: int = 1000
@@ -116,7 +117,8 @@ def build_experiment(r: Recipe) -> exp_cfg.ExperimentConfig:
                           r.stochastic_depth_drop_rate))),
               dropout_rate=dropout,
               norm_activation=exp_cfg.NormActivation(
-                  bn_group_size=r.bn_group_size)),
+                  bn_group_size=r.bn_group_size,
+                  norm_momentum=r.bn_momentum)),
           train_data=data(True),
           validation_data=data(False),
           losses=exp_cfg.Losses(label_smoothing=r.label_smoothing,

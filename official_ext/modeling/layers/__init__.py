@@ -1,0 +1,1 @@
+"""Layers for the paper's recipe: grouped (distributed) batch normalization."""

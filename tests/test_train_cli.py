@@ -1,0 +1,96 @@
+"""train.py end to end, as a user runs it (subprocesses, real TensorFlow)."""
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A few steps of the demo: 0.4 epochs of 1438 images at batch 128 = 4 steps,
+# an evaluation every 2 steps, 2 logical CPU replicas.
+SHORT_DEMO = ('trainer.train_epochs=0.4,trainer.eval_every_epochs=0.2,'
+              'trainer.steps_per_loop=2,runtime.num_cpu_replicas=2')
+
+
+def run_train(*args, data_dir=None, timeout=600):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  if data_dir:
+    env['EFFNET_DATA_DIR'] = str(data_dir)
+  return subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'train.py'), *args],
+      capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def assert_clean_user_error(result, fragment):
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1, result.stderr[-2000:]
+  assert fragment in errors[0]
+
+
+def test_list_prints_every_experiment():
+  result = run_train('--experiment=list')
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stdout.strip().splitlines()
+  assert len(lines) == 13  # header + 12 experiments
+  row = next(l for l in lines if l.startswith('effnet_b5_lars_65k'))
+  for fragment in ('efficientnet-b5', '65536', 'paper_lars', '0.081',
+                   '20.74', 'polynomial', '43'):
+    assert fragment in row, row
+  rms = next(l for l in lines if l.startswith('effnet_b2_rmsprop_4k'))
+  for fragment in ('4096', 'rmsprop', '0.016', 'exponential', '5'):
+    assert fragment in rms, rms
+
+
+def test_unknown_experiment_and_bad_overrides_fail_cleanly(tmp_path):
+  assert_clean_user_error(run_train('--experiment=effnet_b9_x'),
+                          'effnet_b9_x')
+  assert_clean_user_error(
+      run_train('--gin_params=task.train_data.global_bach_size = 3',
+                f'--model_dir={tmp_path}/m'), 'global_bach_size')
+  assert_clean_user_error(
+      run_train('--params_override=trainer.train_steps=3',
+                f'--model_dir={tmp_path}/m'), 'trainer.train_epochs')
+  assert not os.path.exists(tmp_path / 'm')
+
+
+def test_demo_few_steps_end_to_end(tmp_path):
+  model_dir = tmp_path / 'run'
+  result = run_train(f'--model_dir={model_dir}',
+                     f'--params_override={SHORT_DEMO}',
+                     '--gin_params=scaled_polynomial.warmup_epochs = 0.1',
+                     data_dir=tmp_path / 'data')
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout
+  assert '2 replicas (MirroredStrategy), 4 steps' in out
+  train_lines = [l for l in out.splitlines() if l.startswith('step ')]
+  assert train_lines and 'images/s' in train_lines[-1]
+  assert 'lr ' in train_lines[-1] and 'ETA' in train_lines[-1]
+  evals = [l for l in out.splitlines() if l.startswith('eval at step')]
+  assert len(evals) >= 2 and 'top-1' in evals[-1], out[-3000:]
+
+  # Digits converted once into Model Garden TFRecords in the data dir.
+  assert glob.glob(str(tmp_path / 'data' / '**' / '*.tfrecord'),
+                   recursive=True)
+  with open(model_dir / 'params.yaml') as f:
+    params = yaml.load(f, Loader=yaml.FullLoader)
+  assert params['trainer']['train_steps'] == 4
+  lr = params['trainer']['optimizer_config']['learning_rate']
+  assert lr['scaled_polynomial']['warmup_epochs'] == 0.1
+  gin_text = (model_dir / 'operative_config.train_and_eval.gin').read_text()
+  assert 'warmup_epochs = 0.1' in gin_text
+  assert glob.glob(str(model_dir / 'train' / 'events.out.tfevents.*'))
+  assert glob.glob(str(model_dir / 'validation' / 'events.out.tfevents.*'))
+  assert glob.glob(str(model_dir / 'ckpt-4*'))
+
+  # Different params into the same model_dir: refused, nothing overwritten.
+  before = (model_dir / 'params.yaml').read_text()
+  other = run_train(f'--model_dir={model_dir}',
+                    f'--params_override={SHORT_DEMO}',
+                    '--gin_params=scaled_polynomial.warmup_epochs = 0.2',
+                    data_dir=tmp_path / 'data')
+  assert_clean_user_error(other, 'warmup_epochs')
+  assert (model_dir / 'params.yaml').read_text() == before
