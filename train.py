@@ -58,6 +58,7 @@ def main(argv):
         tpu=FLAGS.tpu,
         params_override=FLAGS.params_override)
     model_dir = FLAGS.model_dir or os.path.join('runs', FLAGS.experiment)
+    run_driver.check_inputs(params, FLAGS.mode)
     run_driver.check_model_dir(model_dir, params, FLAGS.mode)
   except config_overrides.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)

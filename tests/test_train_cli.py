@@ -54,6 +54,9 @@ def test_unknown_experiment_and_bad_overrides_fail_cleanly(tmp_path):
   assert_clean_user_error(
       run_train('--params_override=trainer.train_steps=3',
                 f'--model_dir={tmp_path}/m'), 'trainer.train_epochs')
+  assert_clean_user_error(
+      run_train('--experiment=effnet_b5_lars_65k', f'--model_dir={tmp_path}/m'),
+      'task.train_data.input_path')
   assert not os.path.exists(tmp_path / 'm')
 
 

@@ -22,6 +22,7 @@ from official_ext.core import config_overrides
 from official_ext.core import progress
 from official_ext.core import recipe
 from official_ext.core import runtime
+from official_ext.dataloaders import classification_input
 from official_ext import tasks  # pylint: disable=unused-import (registers)
 
 PARAMS_FILE = 'params.yaml'
@@ -70,6 +71,24 @@ def check_model_dir(model_dir: str, params, mode: str) -> None:
         f'model_dir {model_dir!r} holds a run with different params '
         f'({key}: {before!r} there, {after!r} now); use a new --model_dir '
         'or the same params to resume')
+
+
+def check_inputs(params, mode: str) -> None:
+  """Fails before any model is built if a dataset the mode reads is absent."""
+  needed = []
+  if 'train' in mode:
+    needed.append(('task.train_data', params.task.train_data))
+  if 'eval' in mode:
+    needed.append(('task.validation_data', params.task.validation_data))
+  for name, data in needed:
+    if data.embedded_dataset or data.tfds_name:
+      continue
+    try:
+      classification_input.list_files(data.input_path)
+    except ValueError as e:
+      raise config_overrides.ConfigError(
+          f'{name}.input_path: {e} (set it with --params_override or gin, '
+          f'e.g. {name}.input_path=/data/imagenet/train-*)') from e
 
 
 def write_params(params, model_dir: str) -> None:
