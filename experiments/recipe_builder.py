@@ -8,10 +8,10 @@ from typing import Optional, Tuple
 
 from official.core import config_definitions as cfg
 from official.modeling.optimization.configs import optimizer_config
-from official.vision.configs import backbones
 
 from official_ext.core import recipe as recipe_lib
 from official_ext.modeling.optimization import configs as opt_configs
+from official_ext.vision.configs import backbones
 from official_ext.vision.configs import efficientnet
 from official_ext.vision.configs import image_classification as exp_cfg
 
@@ -41,6 +41,9 @@ class Recipe:
   bn_momentum: float = 0.99
   tpu_cores: int = 0                      # the Table 2 slice, if any
   num_cpu_replicas: int = 0
+  # The paper: bfloat16 convolutions, float32 elsewhere (TPU); CPU runs use
+  # float32 (bfloat16 is slower on CPU).
+  precision: str = 'conv_bfloat16'
   steps_per_loop: int = 1000
   train_input_path: str = ''
   eval_input_path: str = ''
@@ -110,8 +113,8 @@ def build_experiment(r: Recipe) -> exp_cfg.ExperimentConfig:
               num_classes=r.num_classes,
               input_size=[image_size, image_size, 3],
               backbone=backbones.Backbone(
-                  type='efficientnet',
-                  efficientnet=backbones.EfficientNet(
+                  type='paper_efficientnet',
+                  paper_efficientnet=backbones.PaperEfficientNet(
                       model_id=r.model_id, se_ratio=efficientnet.SE_RATIO,
                       stochastic_depth_drop_rate=(
                           r.stochastic_depth_drop_rate))),
@@ -130,7 +133,8 @@ def build_experiment(r: Recipe) -> exp_cfg.ExperimentConfig:
           steps_per_loop=r.steps_per_loop,
           summary_interval=r.steps_per_loop),
       runtime=exp_cfg.RuntimeConfig(
-          num_cpu_replicas=r.num_cpu_replicas, tpu_cores=r.tpu_cores),
+          num_cpu_replicas=r.num_cpu_replicas, tpu_cores=r.tpu_cores,
+          mixed_precision_dtype=r.precision),
       restrictions=['task.train_data.is_training != None',
                     'task.validation_data.is_training != None'])
   return recipe_lib.resolve(config)

@@ -121,3 +121,17 @@ def test_invalid_value_fails_before_training():
 def test_gin_bindings_do_not_leak_between_parses():
   parse(gin_params=['task.train_data.global_batch_size = 1024'])
   assert batch(parse()) == 16384
+
+
+def test_precision_modes_resolve_the_backbone_conv_dtype():
+  backbone = lambda p: p.task.model.backbone.paper_efficientnet
+  assert backbone(parse()).conv_dtype == 'bfloat16'  # paper rows: conv-only
+  assert backbone(parse(gin_params=[
+      "runtime.mixed_precision_dtype = 'float32'"])).conv_dtype == ''
+  whole = parse(params_override='runtime.mixed_precision_dtype=bfloat16')
+  assert backbone(whole).conv_dtype == ''  # the global policy covers all
+  demo = config_overrides.parse_configuration('effnet_b0_digits')
+  assert demo.runtime.mixed_precision_dtype == 'float32'
+  assert backbone(demo).conv_dtype == ''
+  with pytest.raises(ConfigError, match="'bf16'.*conv_bfloat16"):
+    parse(params_override='runtime.mixed_precision_dtype=bf16')

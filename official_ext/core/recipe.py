@@ -11,6 +11,7 @@ import math
 from typing import Dict
 
 from official_ext.modeling.optimization import configs as opt_configs
+from official_ext.vision.configs import image_classification as exp_cfg
 
 # Derived field -> the recipe field(s) to override instead.
 DERIVED_FIELDS: Dict[str, str] = {
@@ -19,6 +20,8 @@ DERIVED_FIELDS: Dict[str, str] = {
     'trainer.validation_steps':
         'task.validation_data.num_examples / global_batch_size',
     'trainer.checkpoint_interval': 'trainer.eval_every_epochs',
+    'task.model.backbone.paper_efficientnet.conv_dtype':
+        "runtime.mixed_precision_dtype ('conv_bfloat16')",
 }
 for _schedule in opt_configs.SCALED_SCHEDULES:
   for _field in ('global_batch_size', 'steps_per_epoch', 'train_steps'):
@@ -61,6 +64,16 @@ def resolve(params):
                       ('trainer.eval_every_epochs', trainer.eval_every_epochs)):
     if value <= 0:
       raise ValueError(f'{name}={value!r} must be > 0')
+
+  precision = params.runtime.mixed_precision_dtype or 'float32'
+  if precision not in exp_cfg.PRECISIONS:
+    raise ValueError(
+        f'runtime.mixed_precision_dtype={precision!r}; use one of '
+        f'{", ".join(exp_cfg.PRECISIONS)}')
+  backbone = params.task.model.backbone
+  if backbone.type == 'paper_efficientnet':
+    backbone.paper_efficientnet.conv_dtype = (
+        'bfloat16' if precision == 'conv_bfloat16' else '')
 
   per_epoch = steps_per_epoch(params)
   train_steps = max(1, int(trainer.train_epochs * per_epoch))

@@ -119,7 +119,9 @@ def run(params, mode: str, model_dir: str, experiment: str = '') -> Dict:
   if 'train' in mode:
     write_params(params, model_dir)
   precision = params.runtime.mixed_precision_dtype
-  if precision and precision != 'float32':
+  # conv_bfloat16 keeps the global policy float32: the backbone gives its
+  # convolutions a mixed_bfloat16 policy (recipe.resolve sets conv_dtype).
+  if precision in ('bfloat16', 'float16'):
     performance.set_mixed_precision_policy(precision)
 
   with strategy.scope():

@@ -20,6 +20,7 @@ from official.vision.tasks import image_classification as mg_image_classificatio
 
 from official_ext.dataloaders import classification_input
 from official_ext.dataloaders import embedded_datasets
+from official_ext.modeling.backbones import efficientnet  # pylint: disable=unused-import (registers paper_efficientnet)
 from official_ext.modeling.optimization import factory as optimizer_factory
 from official_ext.vision.configs import image_classification as exp_cfg
 

@@ -9,15 +9,16 @@ import dataclasses
 from typing import List, Optional, Tuple
 
 from official.core import config_definitions as cfg
-from official.vision.configs import backbones
 from official.vision.configs import common
 from official.vision.configs import image_classification as mg_ic
 
 from official_ext.modeling.optimization import configs as opt_configs
+from official_ext.vision.configs import backbones
 
 IMAGENET_TRAIN_EXAMPLES = 1281167
 IMAGENET_EVAL_EXAMPLES = 50000
 IMAGENET_NUM_CLASSES = 1000
+PRECISIONS = ('float32', 'bfloat16', 'conv_bfloat16', 'float16')
 
 
 @dataclasses.dataclass
@@ -60,9 +61,8 @@ class ImageClassificationModel(mg_ic.ImageClassificationModel):
       default_factory=lambda: [224, 224, 3])
   backbone: backbones.Backbone = dataclasses.field(
       default_factory=lambda: backbones.Backbone(
-          type='efficientnet',
-          efficientnet=backbones.EfficientNet(
-              model_id='b0', se_ratio=0.25, stochastic_depth_drop_rate=0.2)))
+          type='paper_efficientnet',
+          paper_efficientnet=backbones.PaperEfficientNet()))
   dropout_rate: float = 0.2
   norm_activation: NormActivation = dataclasses.field(
       default_factory=NormActivation)
@@ -107,6 +107,9 @@ class TrainerConfig(cfg.TrainerConfig):
 class RuntimeConfig(cfg.RuntimeConfig):
   """Runtime config.
 
+  mixed_precision_dtype: 'float32'; 'bfloat16' (Model Garden's global
+    mixed_bfloat16 policy: every layer); 'conv_bfloat16' (the paper: main-path
+    convolutions in bfloat16, everything else float32); 'float16'.
   num_cpu_replicas: if > 0, split the host CPU into this many logical devices
     and train with MirroredStrategy over them (N replicas on one CPU host).
   tpu_cores: TPU-v3 cores of the slice the experiment was measured on
