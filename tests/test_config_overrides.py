@@ -1,10 +1,15 @@
 """Override precedence and clear failures, through the real parse path."""
+import os
+
 import pytest
 
 import experiments  # pylint: disable=unused-import
 from official_ext.core import config_overrides
 
 ConfigError = config_overrides.ConfigError
+TPU_1024_GIN = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    'gin', 'tpu_v3_1024.gin')
 EXP = 'effnet_b2_lars_16k'
 
 
@@ -135,3 +140,32 @@ def test_precision_modes_resolve_the_backbone_conv_dtype():
   assert backbone(demo).conv_dtype == ''
   with pytest.raises(ConfigError, match="'bf16'.*conv_bfloat16"):
     parse(params_override='runtime.mixed_precision_dtype=bf16')
+
+
+@pytest.mark.parametrize('override, fragment', [
+    ('runtime.num_cpu_replicas=8,task.model.norm_activation.bn_group_size=3',
+     'does not divide'),
+    ('runtime.num_cpu_replicas=8,task.model.norm_activation.bn_group_size=16',
+     'bn_group_size=16'),
+    ('task.model.norm_activation.bn_batch_size=4096', 'replica count'),
+    ('runtime.num_cpu_replicas=8,task.model.norm_activation.bn_batch_size=3000',
+     'bn_batch_size'),
+])
+def test_impossible_bn_groups_fail_at_config_time(override, fragment):
+  with pytest.raises(ConfigError, match=fragment):
+    parse(params_override=override)
+
+
+def test_bn_batch_size_sets_group_size_and_mesh_is_checked():
+  # 16384 over 8 replicas = 2048 per replica; BN batch 8192 = 4 replicas.
+  params = parse(params_override='runtime.num_cpu_replicas=8,'
+                 'task.model.norm_activation.bn_batch_size=8192')
+  assert params.task.model.norm_activation.bn_group_size == 4
+  params = parse(gin_files=[TPU_1024_GIN], gin_params=[
+      'task.model.norm_activation.bn_group_size = 64',
+      'runtime.device_mesh = [32, 16]'])
+  assert params.task.model.norm_activation.device_mesh == [32, 16]
+  with pytest.raises(ConfigError, match='960 cores'):
+    parse(gin_files=[TPU_1024_GIN], gin_params=[
+        'task.model.norm_activation.bn_group_size = 64',
+        'runtime.device_mesh = [30, 16]'])

@@ -221,3 +221,25 @@ def test_bn_group_size_selects_grouped_batch_norm():
   assert isinstance(layer, grouped_batch_norm.GroupedBatchNormalization)
   assert layer.name == 'blocks_0_project_batch_normalization'
   assert layer.momentum == 0.9
+
+
+def test_experiment_builds_grouped_bn_under_a_strategy():
+  """bn_group_size in the experiment reaches every norm layer with its groups."""
+  import experiments  # pylint: disable=g-import-not-at-top,unused-import
+  from official.core import task_factory  # pylint: disable=g-import-not-at-top
+  from official_ext.core import config_overrides  # pylint: disable=g-import-not-at-top
+  from official_ext.modeling.layers import grouped_batch_norm  # pylint: disable=g-import-not-at-top
+  from tests import conftest  # pylint: disable=g-import-not-at-top
+  params = config_overrides.parse_configuration(
+      'effnet_b0_digits', params_override=(
+          'runtime.num_cpu_replicas=4,'
+          'task.model.norm_activation.bn_group_size=2'))
+  with conftest.cpu_strategy(4).scope():
+    model = task_factory.get_task(params.task).build_model()
+  norms = [l for l in model.submodules
+           if isinstance(l, tf_keras.layers.BatchNormalization)]
+  assert len(norms) == 49
+  for layer in norms:
+    assert isinstance(layer, grouped_batch_norm.GroupedBatchNormalization)
+    assert layer.group_size == 2
+    assert [list(g) for g in layer.group_assignment] == [[0, 1], [2, 3]]

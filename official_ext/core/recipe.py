@@ -8,8 +8,9 @@ Derived fields are owned by this module: setting one by hand is an error
 (see `DERIVED_FIELDS`), since it would silently disagree with the recipe.
 """
 import math
-from typing import Dict
+from typing import Dict, Optional
 
+from official_ext.modeling.layers import group_assignment
 from official_ext.modeling.optimization import configs as opt_configs
 from official_ext.vision.configs import image_classification as exp_cfg
 
@@ -22,6 +23,8 @@ DERIVED_FIELDS: Dict[str, str] = {
     'trainer.checkpoint_interval': 'trainer.eval_every_epochs',
     'task.model.backbone.paper_efficientnet.conv_dtype':
         "runtime.mixed_precision_dtype ('conv_bfloat16')",
+    'task.model.norm_activation.device_mesh': 'runtime.device_mesh',
+    'task.model.norm_activation.cores_per_chip': 'runtime.cores_per_chip',
 }
 for _schedule in opt_configs.SCALED_SCHEDULES:
   for _field in ('global_batch_size', 'steps_per_epoch', 'train_steps'):
@@ -45,6 +48,58 @@ def derived_values(params) -> Dict[str, object]:
 def steps_per_epoch(params) -> float:
   train = params.task.train_data
   return train.num_examples / train.global_batch_size
+
+
+def expected_replicas(params) -> Optional[int]:
+  """Replica count implied by the runtime config, when it implies one."""
+  rt = params.runtime
+  if rt.num_cpu_replicas > 0:
+    return rt.num_cpu_replicas
+  if rt.distribution_strategy == 'tpu' and rt.tpu_cores > 0:
+    return rt.tpu_cores
+  if rt.distribution_strategy == 'mirrored' and rt.num_gpus > 0:
+    return rt.num_gpus
+  return None
+
+
+def _resolve_bn_groups(params) -> None:
+  """bn_batch_size -> bn_group_size; validates the groups when possible."""
+  norm, rt = params.task.model.norm_activation, params.runtime
+  norm.device_mesh = list(rt.device_mesh)
+  norm.cores_per_chip = rt.cores_per_chip
+  replicas = expected_replicas(params)
+  if norm.bn_batch_size > 0:
+    if replicas is None:
+      raise ValueError(
+          f'task.model.norm_activation.bn_batch_size={norm.bn_batch_size} '
+          'needs a known replica count (runtime.num_cpu_replicas, tpu_cores '
+          'with the tpu strategy, or num_gpus); or set bn_group_size')
+    per_replica, remainder = divmod(params.task.train_data.global_batch_size,
+                                    replicas)
+    if remainder:
+      raise ValueError(
+          f'task.train_data.global_batch_size='
+          f'{params.task.train_data.global_batch_size} does not split over '
+          f'{replicas} replicas')
+    try:
+      norm.bn_group_size = group_assignment.group_size_from_bn_batch(
+          norm.bn_batch_size, per_replica)
+    except ValueError as e:
+      raise ValueError(f'task.model.norm_activation.bn_batch_size: {e}') from e
+  if norm.bn_group_size < 1:
+    raise ValueError(
+        f'task.model.norm_activation.bn_group_size={norm.bn_group_size} must '
+        'be >= 1')
+  if replicas is not None and (norm.bn_group_size > 1 or rt.device_mesh):
+    try:
+      group_assignment.group_assignment(
+          replicas, norm.bn_group_size,
+          mesh_shape=tuple(rt.device_mesh) or None,
+          cores_per_chip=rt.cores_per_chip)
+    except ValueError as e:
+      raise ValueError(
+          f'task.model.norm_activation.bn_group_size={norm.bn_group_size} '
+          f'with runtime.device_mesh={list(rt.device_mesh)}: {e}') from e
 
 
 def resolve(params):
@@ -74,6 +129,8 @@ def resolve(params):
   if backbone.type == 'paper_efficientnet':
     backbone.paper_efficientnet.conv_dtype = (
         'bfloat16' if precision == 'conv_bfloat16' else '')
+
+  _resolve_bn_groups(params)
 
   per_epoch = steps_per_epoch(params)
   train_steps = max(1, int(trainer.train_epochs * per_epoch))

@@ -459,12 +459,42 @@ class EfficientNet(tf_keras.Model):
     return cls(**config)
 
 
+def bn_group_assignment(norm_activation_config: hyperparams.Config,
+                        strategy: Optional[tf.distribute.Strategy] = None
+                        ) -> Optional[List[List[int]]]:
+  """Replica groups for grouped BN under `strategy` (None: local BN).
+
+  Groups of up to 16 replicas are contiguous; larger ones are 2-D tiles of
+  the chip mesh: from the TPU topology under TPUStrategy, else from
+  `norm_activation.device_mesh` (derived from runtime.device_mesh).
+  """
+  from official_ext.modeling.layers import group_assignment as ga  # pylint: disable=g-import-not-at-top
+  group_size = int(getattr(norm_activation_config, 'bn_group_size', 1) or 1)
+  strategy = strategy or tf.distribute.get_strategy()
+  num_replicas = strategy.num_replicas_in_sync
+  if group_size == 1 or num_replicas == 1:
+    return None
+  mesh = tuple(getattr(norm_activation_config, 'device_mesh', ()) or ()) or None
+  cores_per_chip = int(getattr(norm_activation_config, 'cores_per_chip', 2))
+  coordinates = None
+  if (group_size > 16 and
+      isinstance(strategy, (tf.distribute.TPUStrategy,
+                            tf.distribute.experimental.TPUStrategy))):
+    layout = ga.tpu_replica_coordinates(strategy)
+    mesh, cores_per_chip = layout.mesh_shape, layout.cores_per_chip
+    coordinates = layout.coordinates
+  return ga.group_assignment(num_replicas, group_size, mesh_shape=mesh,
+                             cores_per_chip=cores_per_chip,
+                             replica_coordinates=coordinates)
+
+
 def make_norm_layer_factory(
     norm_activation_config: hyperparams.Config) -> NormLayerFactory:
   """Chooses the normalization layer from a NormActivation config.
 
   `bn_group_size` > 1 (official_ext's NormActivation): grouped batch norm
-  whose statistics are shared by groups of that many replicas; otherwise
+  whose statistics are shared by groups of that many replicas (contiguous, or
+  2-D mesh tiles past 16 replicas; see `bn_group_assignment`); otherwise
   `use_sync_bn`: tf_keras synchronized BN over all replicas; otherwise plain
   per-replica BN.
   """
@@ -472,10 +502,11 @@ def make_norm_layer_factory(
   if group_size > 1:
     # Imported here so this module does not depend on it at import time.
     from official_ext.modeling.layers import grouped_batch_norm  # pylint: disable=g-import-not-at-top
+    assignment = bn_group_assignment(norm_activation_config)
 
     def grouped(**kwargs):
       return grouped_batch_norm.GroupedBatchNormalization(
-          group_size=group_size, **kwargs)
+          group_size=group_size, group_assignment=assignment, **kwargs)
     return grouped
   if getattr(norm_activation_config, 'use_sync_bn', False):
     def synchronized(**kwargs):

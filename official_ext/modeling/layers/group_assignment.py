@@ -22,7 +22,8 @@ slice that is the device assignment (see `tpu_replica_coordinates`).
 
 The module is pure Python; only `tpu_replica_coordinates` touches TensorFlow.
 """
-from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import (Callable, Dict, List, Mapping, NamedTuple, Optional,
+                    Sequence, Tuple, Union)
 
 Coordinates = Tuple[int, int, int]  # (x, y, core)
 ReplicaCoordinates = Union[Mapping[int, Sequence[int]],

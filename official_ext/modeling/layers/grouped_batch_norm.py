@@ -25,13 +25,20 @@ Cross-replica sum of the group:
   all-reduces `tf.stop_gradient` of the slots (the graph walk of
   `custom_gradient` stops at StopGradient, so tracing stays cheap) and whose
   gradient is the same grouped sum of the upstream gradient (the grouped sum
-  is linear and self-adjoint). Second-order gradients through it are zero.
+  is linear and self-adjoint). Second-order gradients through it are not
+  supported (the gradient's own all-reduce is also behind StopGradient).
+  Measured (2-core CPU host, 4 replicas, tf.function train step of a 20-layer
+  conv/BN/relu net): trace 12.5 s with this layer, 8.0 s with non-fused
+  plain BN, 3.0 s fused, 139 s with tf_keras synchronized BN; trace time
+  grows linearly with depth (synchronized BN: quadratically).
 * No strategy, one replica or group_size 1: plain per-replica BN (the fused
   kernel is allowed when group_size is 1).
 """
 from typing import List, Optional, Sequence
 
 import tensorflow as tf
+# The grouped TPU all-reduce; its gradient is registered there too.
+from tensorflow.python.tpu.ops import tpu_ops  # pylint: disable=g-direct-tensorflow-import,line-too-long
 import tf_keras
 
 from official_ext.modeling.layers import group_assignment as ga
@@ -40,11 +47,6 @@ from official_ext.modeling.layers import group_assignment as ga
 def _is_tpu_strategy(strategy) -> bool:
   return isinstance(strategy, (tf.distribute.TPUStrategy,
                                tf.distribute.experimental.TPUStrategy))
-
-
-def _group_sum_tpu(local: tf.Tensor, assignment: List[List[int]]) -> tf.Tensor:
-  from tensorflow.python.tpu.ops import tpu_ops  # pylint: disable=g-import-not-at-top
-  return tpu_ops.cross_replica_sum(local, assignment)
 
 
 def _group_sum_all_reduce(local: tf.Tensor, replica_ctx,
@@ -157,7 +159,7 @@ class GroupedBatchNormalization(tf_keras.layers.BatchNormalization):
       local = tf.stack([tf.reduce_mean(x32, axes, keepdims=True),
                         tf.reduce_mean(tf.square(x32), axes, keepdims=True)])
       if _is_tpu_strategy(replica_ctx.strategy):
-        total = _group_sum_tpu(local, assignment)
+        total = tpu_ops.cross_replica_sum(local, assignment)
       else:
         total = _group_sum_all_reduce(local, replica_ctx, assignment)
       group_mean = total[0] / self.group_size

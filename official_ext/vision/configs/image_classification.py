@@ -46,12 +46,24 @@ class DataConfig(mg_ic.DataConfig):
 
 @dataclasses.dataclass
 class NormActivation(common.NormActivation):
-  """Norm/activation settings; `bn_group_size` replicas share BN statistics."""
+  """Norm/activation settings.
+
+  bn_group_size: replicas whose batch-norm statistics are reduced together
+    (1 = local BN, all replicas = fully synchronized).
+  bn_batch_size: alternatively, the BN batch (per-replica batch x group
+    size), as the reference code's `batch_norm_batch_size` flag; if > 0 it
+    sets bn_group_size (needs a known replica count).
+  device_mesh, cores_per_chip: derived from the runtime config; groups of more
+    than 16 replicas are 2-D tiles of this chip mesh.
+  """
   activation: str = 'swish'
   use_sync_bn: bool = False
   norm_momentum: float = 0.99
   norm_epsilon: float = 1e-3
   bn_group_size: int = 1
+  bn_batch_size: int = 0
+  device_mesh: List[int] = dataclasses.field(default_factory=list)
+  cores_per_chip: int = 2
 
 
 @dataclasses.dataclass
@@ -114,9 +126,15 @@ class RuntimeConfig(cfg.RuntimeConfig):
     and train with MirroredStrategy over them (N replicas on one CPU host).
   tpu_cores: TPU-v3 cores of the slice the experiment was measured on
     (Table 2); under TPUStrategy a different replica count is reported.
+  device_mesh: [chips along x, chips along y] of the device mesh, for 2-D
+    tiled BN groups outside TPUStrategy (which reads its own topology), e.g.
+    [32, 16] for 1024 TPU-v3 cores.
+  cores_per_chip: cores (replicas) per chip of that mesh; 2 on TPU-v3.
   """
   num_cpu_replicas: int = 0
   tpu_cores: int = 0
+  device_mesh: List[int] = dataclasses.field(default_factory=list)
+  cores_per_chip: int = 2
   mixed_precision_dtype: Optional[str] = 'float32'
 
 
