@@ -12,7 +12,11 @@ official_ext/core/config_overrides.py).
 import os
 import sys
 
-from absl import app
+# TensorFlow's C++ INFO/WARNING lines (oneDNN notices, CUDA probing on CPU
+# hosts) would bury the progress lines; errors still show.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 
@@ -63,7 +67,7 @@ def main(argv):
   except config_overrides.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  run_driver.run(params, FLAGS.mode, model_dir, experiment=FLAGS.experiment)
+  run_driver.run(params, FLAGS.mode, model_dir)
   return 0
 
 
