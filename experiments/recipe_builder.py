@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 
 from official.core import config_definitions as cfg
 from official.modeling.optimization.configs import optimizer_config
+from official.vision.configs import common
 
 from official_ext.core import recipe as recipe_lib
 from official_ext.modeling.optimization import configs as opt_configs
@@ -51,6 +52,9 @@ class Recipe:
   aug_rand_hflip: bool = True
   crop_area_range: Tuple[float, float] = (0.08, 1.0)
   eval_crop_padding: int = 32
+  # RandAugment of the reference code (2 layers, cutout 40, translate 100)
+  # at this magnitude; None: no RandAugment.
+  randaug_magnitude: Optional[float] = None
 
   @property
   def schedule(self) -> str:
@@ -88,6 +92,15 @@ def _optimization(r: Recipe) -> opt_configs.OptimizationConfig:
       optimizer=optimizer, learning_rate=learning_rate, ema=ema)
 
 
+def _augmentation(r: Recipe) -> Optional[common.Augmentation]:
+  if r.randaug_magnitude is None:
+    return None
+  return common.Augmentation(
+      type='randaug',
+      randaug=common.RandAugment(num_layers=2, magnitude=r.randaug_magnitude,
+                                 cutout_const=40, translate_const=100))
+
+
 def build_experiment(r: Recipe) -> exp_cfg.ExperimentConfig:
   """The resolved ExperimentConfig of recipe `r`."""
   variant = efficientnet.EFFICIENTNET_VARIANTS[r.model_id]
@@ -103,6 +116,7 @@ def build_experiment(r: Recipe) -> exp_cfg.ExperimentConfig:
                            r.eval_batch_size or r.global_batch_size),
         num_examples=r.train_examples if is_training else r.eval_examples,
         aug_rand_hflip=r.aug_rand_hflip,
+        aug_type=_augmentation(r) if is_training else None,
         crop_area_range=r.crop_area_range,
         eval_crop_padding=r.eval_crop_padding,
         drop_remainder=is_training)

@@ -74,21 +74,35 @@ def check_model_dir(model_dir: str, params, mode: str) -> None:
 
 
 def check_inputs(params, mode: str) -> None:
-  """Fails before any model is built if a dataset the mode reads is absent."""
+  """Fails before any model is built if a dataset the mode reads is unusable.
+
+  Per split the mode reads (embedded datasets are materialized later): the
+  input files exist, or the TFDS dataset is known and prepared in its
+  tfds_data_dir with the split and features; and the labels of a sample of
+  records, minus label_offset, lie in [0, task.model.num_classes). Raises
+  config_overrides.ConfigError with a one-line message.
+  """
   needed = []
   if 'train' in mode:
     needed.append(('task.train_data', params.task.train_data))
   if 'eval' in mode:
     needed.append(('task.validation_data', params.task.validation_data))
+  num_classes = params.task.model.num_classes
   for name, data in needed:
-    if data.embedded_dataset or data.tfds_name:
+    if data.embedded_dataset:
       continue
+    if not data.tfds_name:
+      try:
+        classification_input.list_files(data.input_path)
+      except ValueError as e:
+        raise config_overrides.ConfigError(
+            f'{name}.input_path: {e} (set it with --params_override or gin, '
+            f'e.g. {name}.input_path=/data/imagenet/train-*, or use '
+            f'{name}.tfds_name)') from e
     try:
-      classification_input.list_files(data.input_path)
+      classification_input.check_source(data, num_classes=num_classes)
     except ValueError as e:
-      raise config_overrides.ConfigError(
-          f'{name}.input_path: {e} (set it with --params_override or gin, '
-          f'e.g. {name}.input_path=/data/imagenet/train-*)') from e
+      raise config_overrides.ConfigError(f'{name}: {e}') from e
 
 
 def write_params(params, model_dir: str) -> None:
@@ -112,9 +126,8 @@ def build_strategy(params) -> tf.distribute.Strategy:
       tpu_address=rt.tpu)
 
 
-def run(params, mode: str, model_dir: str, experiment: str = '') -> Dict:
+def run(params, mode: str, model_dir: str) -> Dict:
   """Trains and/or evaluates `params` in `model_dir`; returns the eval logs."""
-  del experiment  # Recorded by the summary writers of the evaluation issue.
   strategy = build_strategy(params)
   if 'train' in mode:
     write_params(params, model_dir)

@@ -10,7 +10,9 @@ The records use Model Garden's image-classification layout, readable by
   image/height       int64
   image/width        int64
 
-Shards are named `<prefix>-00000-of-0000N.tfrecord` and hold contiguous
+Shards are named `<prefix>-00000-of-0000N<suffix>` (suffix `.tfrecord` by
+default; ImageNet's Model Garden shards, e.g. `train-00000-of-01024`, have
+none) and hold contiguous
 blocks of the input, so reading the shards in name order recovers the input
 order. Every shard is first written under a temporary name in its target
 directory and all are renamed only after every shard was written, so an
@@ -28,16 +30,21 @@ import tensorflow as tf
 _FORMATS = ('png', 'jpeg')
 
 
-def shard_path(path_prefix: str, index: int, num_shards: int) -> str:
+DEFAULT_SUFFIX = '.tfrecord'
+
+
+def shard_path(path_prefix: str, index: int, num_shards: int,
+               suffix: str = DEFAULT_SUFFIX) -> str:
   """The file name of shard `index` of `num_shards` for `path_prefix`."""
-  return f'{path_prefix}-{index:05d}-of-{num_shards:05d}.tfrecord'
+  return f'{path_prefix}-{index:05d}-of-{num_shards:05d}{suffix}'
 
 
-def _existing_shards(path_prefix: str) -> List[str]:
+def _existing_shards(path_prefix: str,
+                     suffix: str = DEFAULT_SUFFIX) -> List[str]:
   """Files already present that follow the shard naming for `path_prefix`."""
-  pattern = glob.escape(path_prefix) + '-*-of-*.tfrecord'
+  pattern = glob.escape(path_prefix) + '-*-of-*' + glob.escape(suffix)
   name_re = re.compile(re.escape(os.path.basename(path_prefix)) +
-                       r'-\d{5}-of-\d{5}\.tfrecord$')
+                       r'-\d{5}-of-\d{5}' + re.escape(suffix) + '$')
   return sorted(p for p in glob.glob(pattern)
                 if name_re.match(os.path.basename(p)))
 
@@ -94,11 +101,12 @@ def write_image_classification_records(
     num_shards: int = 1,
     image_format: str = 'png',
     jpeg_quality: int = 95,
-    overwrite: bool = False) -> List[str]:
+    overwrite: bool = False,
+    suffix: str = DEFAULT_SUFFIX) -> List[str]:
   """Writes `images` and `labels` as `num_shards` TFRecord files.
 
   Args:
-    path_prefix: files are `<path_prefix>-0000i-of-0000N.tfrecord`; the
+    path_prefix: files are `<path_prefix>-0000i-of-0000N<suffix>`; the
       directory is created if missing.
     images: a uint8 array [N, H, W(, C)] or a sequence of uint8 arrays
       HxW, HxWx1 or HxWx3 (sizes may differ); grey images become 3 channels.
@@ -111,6 +119,8 @@ def write_image_classification_records(
       the shard naming already exists; if True, replace them (stale shards of
       another shard count with the same prefix are removed too, so a glob over
       the prefix never mixes two datasets).
+    suffix: file name suffix after the shard numbers ('.tfrecord' by default,
+      '' for ImageNet-style names such as `train-00000-of-01024`).
 
   Returns:
     The paths of the written files, in shard order.
@@ -135,11 +145,13 @@ def write_image_classification_records(
   path_prefix = os.path.abspath(os.path.expanduser(path_prefix))
   directory = os.path.dirname(path_prefix)
   os.makedirs(directory, exist_ok=True)
-  final_paths = [shard_path(path_prefix, i, num_shards)
+  if '/' in suffix or os.sep in suffix:
+    raise ValueError(f'suffix must not contain a path separator: {suffix!r}')
+  final_paths = [shard_path(path_prefix, i, num_shards, suffix)
                  for i in range(num_shards)]
 
   def check_existing():
-    existing = _existing_shards(path_prefix)
+    existing = _existing_shards(path_prefix, suffix)
     if existing and not overwrite:
       raise ValueError(
           f'refusing to overwrite existing records {existing} (prefix '

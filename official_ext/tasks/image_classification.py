@@ -57,7 +57,8 @@ class ImageClassificationTask(mg_image_classification.ImageClassificationTask):
       params = embedded_datasets.materialize(params)
     return classification_input.build_dataset(
         params, image_size=self.task_config.model.input_size[0],
-        input_context=input_context)
+        input_context=input_context,
+        num_classes=self.task_config.model.num_classes)
 
   def build_metrics(self, training: bool = True) -> List[Any]:
     top_k = min(self.task_config.evaluation.top_k,

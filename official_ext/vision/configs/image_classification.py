@@ -32,7 +32,15 @@ class DataConfig(mg_ic.DataConfig):
     eval_crop_padding: center crop keeps image_size / (image_size + padding)
       of the shorter side (32 in the reference code).
     resize_method: 'bicubic' (reference) or 'bilinear'.
-    label_offset: subtracted from stored labels (1 for 1-based ImageNet).
+    label_offset: subtracted from stored labels (1 for 1-based ImageNet), for
+      TFRecords and TFDS alike.
+    on_bad_record: 'fail' (default): a record that cannot be parsed, has no
+      label or image, whose image cannot be decoded or whose label is out of
+      range stops training with an error naming its file and record index;
+      'skip': such records are dropped and each is logged with a running
+      count.
+    tfds_image_key, tfds_label_key: features read from a TFDS dataset
+      (`tfds_name`, `tfds_split`, `tfds_data_dir`).
     embedded_dataset: name of a dataset the project materializes itself on
       first use ('digits'); it then supplies input_path.
   """
@@ -42,6 +50,9 @@ class DataConfig(mg_ic.DataConfig):
   eval_crop_padding: int = 32
   resize_method: str = 'bicubic'
   label_offset: int = 0
+  on_bad_record: str = 'fail'
+  tfds_image_key: str = 'image'
+  tfds_label_key: str = 'label'
 
 
 @dataclasses.dataclass
