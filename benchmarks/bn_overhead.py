@@ -40,20 +40,22 @@ Parts (`--part`):
             forward and backward), so the sync variant is traced first and
             the subprocess is killed when its trace + first step exceed
             `--sync-trace-budget-s` (240 s); the configuration is then rerun
-            without it. With `--reduced auto` (default) a reduced-depth configuration
-            follows in that case: the same EfficientNet code with its stage
-            table cut to the first `--reduced-stages` (3) stages of one block
-            each (stem, MBConv1 k3 32->16, MBConv6 k3 s2 16->24, MBConv6 k5
-            s2 24->40, head: 10 norm layers), where all four variants are
-            measured. The printout says which configuration each figure
-            belongs to.
-            Measured (2-core host, shared; 8 replicas, 32x32, batch 4 per
-            replica; trace = get_concrete_function): sync-BN trace 104 s with
-            3 one-block stages (10 norm layers), 186 s with 4 (13); with all
-            7 (22) a step traced twice (its optimizer slots created inside
-            it) had not finished after 26 min; full B0 (16 blocks, 49 norm
-            layers) extrapolates to hours. B0 with grouped BN: trace 50 s +
-            first step 59 s; fused local BN: 23 s + 23 s.
+            without it. With `--reduced auto` (default) a reduced-depth
+            configuration follows in that case: the same EfficientNet code
+            with its stage table cut to the first `--reduced-stages` (3)
+            stages of one block each (stem, MBConv1 k3 32->16, MBConv6 k3 s2
+            16->24, MBConv6 k5 s2 24->40, head: 10 norm layers), where all
+            four variants are measured. The printout says which
+            configuration each figure belongs to.
+            Measured (2-core host shared with other jobs; 8 replicas, 32x32,
+            batch 4 per replica): B0 with sync BN had not finished trace +
+            first step after 16 min (killed); trace alone 104-156 s with 3
+            one-block stages (10 norm layers), 186 s with 4 (13). B0 trace
+            + first step: local 21 + 26 s, grouped2 56 + 92 s, grouped4
+            87 + 87 s. Steady state is within noise: B0 local 41.9,
+            grouped2 40.6, grouped4 42.7 images/s; 3-stage model local 256,
+            grouped2 258, grouped4 262, sync 248 images/s (grouped2/sync
+            1.04, per-round median 0.98). Default `--part bn`: ~18 min.
   all       every implemented part.
 
   python benchmarks/bn_overhead.py --part backbone --image-size 128 \
