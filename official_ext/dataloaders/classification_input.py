@@ -407,11 +407,10 @@ class _TFRecordSource:
 
   def _read_file(self, file_id):
     names = self._file_names()
-    # Function-free: (file key, (record index, record)) by zipping.
+    # Function-free: (file id * _FILE_STRIDE + record index, record).
     first = tf.cast(file_id, tf.int64) * _FILE_STRIDE
-    return tf.data.Dataset.zip((
-        tf.data.Dataset.from_tensors(first).repeat(),
-        tf.data.TFRecordDataset(tf.gather(names, file_id)).enumerate()))
+    return tf.data.TFRecordDataset(tf.gather(names, file_id)).enumerate(
+        start=first)
 
   def _read_in_order(self) -> tf.data.Dataset:
     ids = tf.data.Dataset.range(len(self.files)).map(
@@ -464,14 +463,12 @@ class _TFRecordSource:
   locator_dtype = tf.int64
 
   def sentinel(self):
-    return ((tf.constant(0, tf.int64),
-             (tf.constant(self.no_locator, tf.int64), tf.constant(''))))
+    return (tf.constant(self.no_locator, tf.int64), tf.constant(''))
 
   @staticmethod
   def split(element):
-    """(locator, record) of a raw element (file key, (index, record))."""
-    first, (index, record) = element
-    return tf.where(index < 0, index, first + index), record
+    """(locator, record) of a raw element."""
+    return element
 
   def where(self, locator) -> tf.Tensor:
     def known():
