@@ -24,6 +24,7 @@ import experiments  # pylint: disable=unused-import  (registers experiments)
 from official_ext.core import config_overrides
 from official_ext.core import experiment_list
 from official_ext.core import run_driver
+from official_ext.dataloaders import classification_input
 
 MODES = ('train', 'eval', 'train_and_eval', 'continuous_eval')
 
@@ -67,7 +68,19 @@ def main(argv):
   except config_overrides.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  run_driver.run(params, FLAGS.mode, model_dir)
+  try:
+    run_driver.run(params, FLAGS.mode, model_dir, experiment=FLAGS.experiment)
+  except Exception as e:  # pylint: disable=broad-except
+    # Bad input data met during the run (a corrupt record with
+    # on_bad_record='fail', no usable record in a full pass over the data, an
+    # unreadable file) reaches here as a TensorFlow OpError from inside the
+    # training or evaluation loop: one line naming the file and record, no
+    # traceback. Anything else keeps its traceback.
+    message = classification_input.input_error_message(e)
+    if message is None:
+      raise
+    print(f'error: {message}', file=sys.stderr)
+    return 1
   return 0
 
 

@@ -7,6 +7,8 @@ initializes, so multi-replica tests run under a real MirroredStrategy
 import os
 import sys
 
+import pytest
+
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -19,3 +21,25 @@ runtime.configure_logical_cpus(NUM_LOGICAL_CPUS)
 def cpu_strategy(num_replicas):
   """A MirroredStrategy over the first `num_replicas` logical CPU devices."""
   return runtime.mirrored_cpu_strategy(num_replicas)
+
+
+@pytest.fixture(scope='session')
+def short_run_dirs(tmp_path_factory):
+  """Two finished short runs that differ only in LR per 256 images.
+
+  Returns {'fixture': the fixture, 'lr2': model_dir, 'lr1': model_dir}.
+  """
+  from official_ext.tools import make_fixture  # pylint: disable=g-import-not-at-top
+  from tests import short_runs as runs  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('short_runs')
+  fixture = make_fixture.make_fixture(
+      str(root / 'fixture'), num_classes=runs.NUM_CLASSES,
+      num_train=runs.NUM_TRAIN, num_eval=runs.NUM_EVAL, image_size=20)
+  dirs = {'fixture': fixture}
+  for name, lr_per_256 in (('lr2', 2.0), ('lr1', 1.0)):
+    model_dir = root / name
+    result = runs.train(model_dir, fixture, {'trainer': {'optimizer_config': {
+        'learning_rate': {'scaled_polynomial': {'lr_per_256': lr_per_256}}}}})
+    assert result.returncode == 0, result.stderr[-3000:]
+    dirs[name] = str(model_dir)
+  return dirs

@@ -2,7 +2,8 @@
 
 After every train loop: step, epoch, loss, learning rate, global images/s and
 images/ms (Table 1's unit) measured over the train loop alone, and the ETA;
-after every evaluation: top-1, top-5 and loss. Lines go to stdout.
+after every evaluation: top-1, top-5, loss, the time-to-accuracy clock and the
+peak so far; at the end, the time to peak top-1. Lines go to stdout.
 """
 import sys
 import time
@@ -65,7 +66,9 @@ class ProgressReporter:
     if lr is not None:
       parts.append(f'lr {lr:.5g}')
     if steps > 0:
-      images_per_second = steps * self._global_batch_size / seconds
+      # The trainer's figure times the train loop alone; ours adds overheads.
+      images_per_second = _scalar(output.get('images_per_second')) or (
+          steps * self._global_batch_size / seconds)
       self.last_images_per_second = images_per_second
       eta = (self._train_steps - step) * seconds / steps
       parts += [f'{images_per_second:.1f} images/s',
@@ -85,5 +88,25 @@ class ProgressReporter:
       value = _scalar(output.get(key))
       if value is not None:
         parts.append(f'{label} {value:.4f}')
+    elapsed = _scalar(output.get('elapsed_s'))
+    if elapsed is not None:
+      parts.append(f'elapsed {format_duration(elapsed)}')
+    peak, time_to_peak = (_scalar(output.get('peak_top1')),
+                          _scalar(output.get('time_to_peak_s')))
+    if peak is not None and time_to_peak is not None:
+      parts.append(f'peak top-1 {peak:.4f} at {format_duration(time_to_peak)}')
     self._print(' | '.join(parts))
     self.restart_clock()
+
+  def report_time_to_accuracy(self, record) -> None:
+    """One closing line: peak top-1, when it was reached, throughput."""
+    peak = record.peak
+    if peak is None:
+      return
+    line = (f'time to accuracy: peak top-1 {peak.top1:.4f} at step '
+            f'{peak.step} (epoch {peak.epoch:.2f}) after '
+            f'{format_duration(peak.elapsed_s)} ({peak.elapsed_s:.1f} s)')
+    if record.images_per_second:
+      line += (f' | {record.images_per_second:.1f} images/s, '
+               f'{record.images_per_second / 1000:.4f} images/ms')
+    self._print(line)

@@ -5,8 +5,9 @@ controller interleaving training and evaluation on every replica); this module
 picks the tf.distribute strategy, protects an existing model_dir, writes
 params.yaml atomically and the operative gin config, and adds progress actions.
 """
+import functools
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import tensorflow as tf
 import yaml
@@ -21,7 +22,10 @@ from official.modeling import performance
 from official_ext.core import config_overrides
 from official_ext.core import progress
 from official_ext.core import recipe
+from official_ext.core import run_hparams
 from official_ext.core import runtime
+from official_ext.core import time_to_accuracy as tta
+from official_ext.core import timed_trainer
 from official_ext.dataloaders import classification_input
 from official_ext import tasks  # pylint: disable=unused-import (registers)
 
@@ -51,11 +55,19 @@ def _first_difference(old: Any, new: Any, path: str = ''):
 def check_model_dir(model_dir: str, params, mode: str) -> None:
   """Refuses to train into a model_dir that holds a different experiment.
 
-  Resuming with identical params is allowed (Orbit restores the checkpoint);
-  anything else would mix two runs' checkpoints and summaries.
+  Resuming with identical params is allowed (Orbit restores the checkpoint
+  and the time-to-accuracy record carries on); anything else would mix two
+  runs' checkpoints and summaries. An unreadable summary.json is refused too.
   """
+  if 'train' not in mode:
+    return
+  try:
+    tta.read_summary(model_dir)
+  except ValueError as e:
+    raise config_overrides.ConfigError(
+        f'{e}; move it away or use a new --model_dir') from e
   path = os.path.join(model_dir, PARAMS_FILE)
-  if 'train' not in mode or not tf.io.gfile.exists(path):
+  if not tf.io.gfile.exists(path):
     return
   with tf.io.gfile.GFile(path) as f:
     try:
@@ -126,11 +138,30 @@ def build_strategy(params) -> tf.distribute.Strategy:
       tpu_address=rt.tpu)
 
 
-def run(params, mode: str, model_dir: str) -> Dict:
-  """Trains and/or evaluates `params` in `model_dir`; returns the eval logs."""
+def _time_to_accuracy(params, experiment: str, num_replicas: int,
+                      model_dir: str) -> tta.TimeToAccuracy:
+  """The run record of model_dir: resumed if it exists, else a new one."""
+  record = tta.read_summary(model_dir)  # check_model_dir vetted it.
+  hparams = run_hparams.run_hparams(params, experiment, num_replicas)
+  if record is None:
+    record = tta.RunRecord(experiment, hparams, params.trainer.train_steps,
+                           recipe.steps_per_epoch(params))
+  return tta.TimeToAccuracy(record, model_dir)
+
+
+def run(params, mode: str, model_dir: str, experiment: str = '') -> Dict:
+  """Trains and/or evaluates `params` in `model_dir`; returns the eval logs.
+
+  Training modes also keep the time-to-accuracy record (summary.json) and
+  write TensorBoard HParams data; an eval-only mode leaves both untouched.
+  """
   strategy = build_strategy(params)
+  clock: Optional[tta.TimeToAccuracy] = None
   if 'train' in mode:
     write_params(params, model_dir)
+    clock = _time_to_accuracy(params, experiment, strategy.num_replicas_in_sync,
+                              model_dir)
+    run_hparams.write_hparams(model_dir, clock.record.hparams)
   precision = params.runtime.mixed_precision_dtype
   # conv_bfloat16 keeps the global policy float32: the backbone gives its
   # convolutions a mixed_bfloat16 policy (recipe.resolve sets conv_dtype).
@@ -143,7 +174,9 @@ def run(params, mode: str, model_dir: str) -> Dict:
         params, task, train='train' in mode,
         evaluate='eval' in mode,
         checkpoint_exporter=train_utils.maybe_create_best_ckpt_exporter(
-            params, model_dir))
+            params, model_dir),
+        trainer_cls=functools.partial(timed_trainer.TimedTrainer,
+                                      time_to_accuracy=clock))
 
   reporter = progress.ProgressReporter(
       trainer.global_step, params.trainer.train_steps,
@@ -158,5 +191,9 @@ def run(params, mode: str, model_dir: str) -> Dict:
       model_dir=model_dir, trainer=trainer,
       train_actions=[reporter.train_action],
       eval_actions=[reporter.eval_action])
+  if clock is not None:
+    clock.finish(
+        completed=int(trainer.global_step.numpy()) >= params.trainer.train_steps)
+    reporter.report_time_to_accuracy(clock.record)
   train_utils.save_gin_config(mode, model_dir)
   return eval_logs

@@ -123,6 +123,9 @@ class TrainerConfig(cfg.TrainerConfig):
   eval_every_epochs: float = 4.0
   # Evaluation reads the padded eval set to its end (exact metrics).
   validation_steps: int = -1
+  # A tf.while_loop eval can be built before the time-to-accuracy clock
+  # starts (official_ext.core.timed_trainer); a Python loop traces lazily.
+  eval_tf_while_loop: bool = True
   best_checkpoint_eval_metric: str = 'top_1_accuracy'
 
 
