@@ -17,36 +17,22 @@ from official_ext.core import recipe
 from official_ext.core import time_to_accuracy as tta
 from official_ext.core import timed_trainer
 from official_ext.tools import make_fixture
+from tests import short_runs
 from tests.conftest import cpu_strategy
 
-NUM_CLASSES, NUM_TRAIN, NUM_EVAL = 4, 32, 12
-
-
-def fixture_params(fx, **trainer):
-  """The demo experiment on a tiny fixture: 4 steps, an eval every 2."""
-  params = exp_factory.get_exp_config('effnet_b0_digits')
-  params.override({
-      'task': {
-          'model': {'num_classes': NUM_CLASSES, 'input_size': [16, 16, 3]},
-          'train_data': {'embedded_dataset': '', 'num_examples': NUM_TRAIN,
-                         'input_path': fx.train_pattern,
-                         'global_batch_size': 16},
-          'validation_data': {'embedded_dataset': '',
-                              'num_examples': NUM_EVAL,
-                              'input_path': fx.eval_pattern,
-                              'global_batch_size': 8}},
-      'trainer': dict({'train_epochs': 2.0, 'eval_every_epochs': 1.0,
-                       'steps_per_loop': 2}, **trainer),
-      'runtime': {'num_cpu_replicas': 2},
-  }, is_strict=True)
+def fixture_params(fx):
+  """The short runs' params (4 steps, an eval every 2), resolved."""
+  params = exp_factory.get_exp_config(short_runs.EXPERIMENT)
+  params.override(short_runs.override(fx), is_strict=True)
   return recipe.resolve(params)
 
 
 @pytest.fixture(scope='module')
 def fixture_data(tmp_path_factory):
   return make_fixture.make_fixture(
-      str(tmp_path_factory.mktemp('fixture')), num_classes=NUM_CLASSES,
-      num_train=NUM_TRAIN, num_eval=NUM_EVAL, image_size=20)
+      str(tmp_path_factory.mktemp('fixture')),
+      num_classes=short_runs.NUM_CLASSES, num_train=short_runs.NUM_TRAIN,
+      num_eval=short_runs.NUM_EVAL, image_size=20)
 
 
 def test_functions_are_built_before_the_clock_starts(fixture_data, tmp_path):
@@ -84,10 +70,10 @@ def test_functions_are_built_before_the_clock_starts(fixture_data, tmp_path):
   traces = [i for i, e in enumerate(events) if e.startswith('trace')]
   assert {'trace train_step', 'trace validation_step'} <= set(events)
   assert max(traces) < first_clock, events  # Nothing traced on the clock.
-  assert params.trainer.train_steps == 4
-  assert [e.step for e in record.evals] == [2, 4]
+  assert params.trainer.train_steps == short_runs.TRAIN_STEPS
+  assert [e.step for e in record.evals] == list(short_runs.EVAL_STEPS)
   assert 0 < record.evals[0].elapsed_s < record.evals[1].elapsed_s
-  assert record.train_images == 4 * 16
+  assert record.train_images == short_runs.TRAIN_STEPS * params.task.train_data.global_batch_size
 
   # The clock is saved with the checkpoint, at the last train loop's end.
   saved = tf.train.load_variable(
@@ -96,4 +82,4 @@ def test_functions_are_built_before_the_clock_starts(fixture_data, tmp_path):
   assert record.evals[0].elapsed_s < saved <= record.evals[1].elapsed_s + 1e-3
   with open(os.path.join(model_dir, tta.SUMMARY_FILE)) as f:
     summary = json.load(f)
-  assert [e['step'] for e in summary['evals']] == [2, 4]
+  assert [e['step'] for e in summary['evals']] == list(short_runs.EVAL_STEPS)
