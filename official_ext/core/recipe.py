@@ -134,8 +134,11 @@ def resolve(params):
 
   per_epoch = steps_per_epoch(params)
   train_steps = max(1, int(trainer.train_epochs * per_epoch))
-  interval = min(train_steps,
-                 max(1, int(round(trainer.eval_every_epochs * per_epoch))))
+  # Evaluations every ~eval_every_epochs, spaced evenly so that the last one
+  # lands on the final step (Orbit always evaluates at the end; a fixed
+  # rounded interval would add a near-duplicate eval a few steps before it).
+  num_evals = max(1, round(trainer.train_epochs / trainer.eval_every_epochs))
+  interval = max(1, math.ceil(train_steps / num_evals))
   trainer.train_steps = train_steps
   trainer.validation_interval = interval
   trainer.checkpoint_interval = interval
