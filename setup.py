@@ -19,6 +19,7 @@ setuptools.setup(
         "tensorflow>=2.20,<2.21",
         "tf-keras>=2.20,<2.21",
         "tensorflow-text>=2.20,<2.21",
+        "tensorboard>=2.20,<2.21",  # HParams and event reading.
         "tensorflow-datasets>=4.9",
         "gin-config>=0.5",
         "absl-py>=1.0",

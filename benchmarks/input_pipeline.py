@@ -8,8 +8,9 @@ inside the crop window), random horizontal flip, bicubic resize, ImageNet
 normalization, float32; no RandAugment (`--randaug M` turns it on for both).
 
   ours  official_ext.dataloaders.classification_input.build_dataset, with its
-        default bad-record checking (on_bad_record='fail': every record is
-        decoded inside a guarded one-element dataset).
+        default bad-record checking (on_bad_record='fail': sequence numbers
+        and locators travel with every record, the decode map is fused with
+        the batch, and each batch is checked for vanished or bad records).
   mg    Model Garden's official.core.input_reader.InputReader with
         official.vision.dataloaders.classification_input.Decoder and Parser
         (tf_resize_method='bicubic'), as Model Garden's image-classification

@@ -222,3 +222,59 @@ def test_train_py_reports_unknown_tfds_dataset_in_one_line(tmp_path):
   assert 'unknown TFDS dataset' in errors[0]
   assert 'no_such_dataset_xyz' in errors[0] and str(tmp_path) in errors[0]
   assert not os.path.exists(tmp_path / 'm')
+
+
+# ----------------------------------------------------------------------------
+# No usable record: fail instead of reading forever.
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+def test_training_with_no_usable_record_fails_instead_of_looping(tmp_path):
+  all_bad = str(tmp_path / 'all-bad-00000-of-00001')
+  with tf.io.TFRecordWriter(all_bad) as writer:
+    for record, _ in CASES.values():
+      writer.write(record)
+  # skip: a full pass yields nothing -> a clear error, not an endless loop.
+  dataset = ci.build_dataset(_params(all_bad, 'skip', True), image_size=8,
+                             num_classes=4)
+  with pytest.raises(tf.errors.InvalidArgumentError) as e:
+    next(iter(dataset))
+  message = ci.input_error_message(e.value)
+  assert message.startswith('no usable input record in a full pass'), message
+  assert f'all {len(CASES)} records were bad' in message
+  # fail: the first bad record is named even though every batch vanishes.
+  dataset = ci.build_dataset(_params(all_bad, 'fail', True), image_size=8,
+                             num_classes=4)
+  with pytest.raises(tf.errors.InvalidArgumentError) as e:
+    next(iter(dataset))
+  message = ci.input_error_message(e.value)
+  assert message.startswith(f'bad input record: file {all_bad} record '), (
+      message)
+  # No records at all, in both modes.
+  empty = str(tmp_path / 'empty-00000-of-00001')
+  tf.io.TFRecordWriter(empty).close()
+  for mode in ('fail', 'skip'):
+    dataset = ci.build_dataset(_params(empty, mode, True), image_size=8,
+                               num_classes=4)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match='read no records'):
+      next(iter(dataset))
+
+
+def test_training_fail_names_the_corrupt_record_among_its_batch(tmp_path):
+  # Batches of 4 over 12 records; only record 6 (in the middle of a batch)
+  # is corrupt, so its whole batch vanishes and is diagnosed.
+  path = str(tmp_path / 'one-bad-00000-of-00001')
+  with tf.io.TFRecordWriter(path) as writer:
+    for i in range(12):
+      writer.write(CASES['corrupt_jpeg'][0] if i == 6 else GOOD)
+  params = _params(path, 'fail', True)
+  params.global_batch_size = 4
+  dataset = ci.build_dataset(params, image_size=8, num_classes=4)
+  with pytest.raises(tf.errors.InvalidArgumentError) as e:
+    _labels(dataset, batches=10)
+  assert ci.input_error_message(e.value) == (
+      f'bad input record: file {path} record 6: {ci._REASONS[ci.UNDECODABLE]}'
+      ' (DataConfig.on_bad_record is fail; set it to skip to drop bad '
+      'records and count them in the logs)')

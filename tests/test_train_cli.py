@@ -97,3 +97,48 @@ def test_demo_few_steps_end_to_end(tmp_path):
                     data_dir=tmp_path / 'data')
   assert_clean_user_error(other, 'warmup_epochs')
   assert (model_dir / 'params.yaml').read_text() == before
+
+
+def test_bad_record_met_mid_training_is_one_error_line(tmp_path):
+  # 64 good 32x32 JPEG records in one file, but record 40 is corrupt: the
+  # pre-flight check decodes only the first records, so training meets it.
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from official_ext.dataloaders import tfrecord_writer  # pylint: disable=g-import-not-at-top
+  images = np.random.RandomState(0).randint(0, 255, (64, 32, 32, 3), np.uint8)
+  (source,) = tfrecord_writer.write_image_classification_records(
+      str(tmp_path / 'src'), images, np.arange(64) % 10, num_shards=1,
+      image_format='jpeg')
+  path = str(tmp_path / 'train-00000-of-00001')
+  with tf.io.TFRecordWriter(path) as writer:
+    for i, record in enumerate(tf.data.TFRecordDataset(source)):
+      record = record.numpy()
+      if i == 40:
+        example = tf.train.Example.FromString(record)
+        encoded = example.features.feature['image/encoded'].bytes_list
+        encoded.value[0] = encoded.value[0][:len(encoded.value[0]) // 3]
+        record = example.SerializeToString()
+      writer.write(record)
+  data = {'embedded_dataset': '', 'input_path': path, 'num_examples': 64,
+          'global_batch_size': 16}
+  override = {
+      'task': {'train_data': dict(data, shuffle_buffer_size=64),
+               'validation_data': data},
+      'trainer': {'train_epochs': 2.0, 'eval_every_epochs': 2.0,
+                  'steps_per_loop': 2},
+      'runtime': {'num_cpu_replicas': 2},
+  }
+  override_file = tmp_path / 'override.yaml'
+  override_file.write_text(yaml.safe_dump(override))
+  result = run_train('--experiment=effnet_b0_digits', '--mode=train',
+                     f'--model_dir={tmp_path}/m',
+                     f'--params_override={override_file}')
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert errors == [
+      f'error: bad input record: file {path} record 40: the record could '
+      'not be parsed or its image could not be decoded (corrupt or '
+      'unsupported image data) (DataConfig.on_bad_record is fail; set it to '
+      'skip to drop bad records and count them in the logs)'], (
+          result.stderr[-3000:])

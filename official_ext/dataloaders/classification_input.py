@@ -48,15 +48,22 @@ or no image, whose image cannot be decoded, or whose label is outside
 Missing fields and out-of-range labels are found by checks in the graph.
 Parse/decode errors cannot be caught inside a graph (and no py_function is
 used): records get sequence numbers, decoding runs in an order-preserving map
-followed by `ignore_errors()`, and a scan after it finds the gaps in the
-sequence; each record also carries the locators of the records before it,
-which name the vanished ones. Read errors of the files themselves (an
+followed by `ignore_errors()`, and a check after it finds the gaps in the
+sequence. Evaluation and 'skip' mode check record by record; each record
+carries the locators of the records before it, which name the vanished ones.
+Training in 'fail' mode (the default) keeps Model Garden's hot path (the
+decode map fused with the batch): a batch with an undecodable record vanishes
+as a whole, the batch check sees the gap and names the record by reading the
+previous batch's records again (their locators travel with the next batch)
+and decoding them one by one. Read errors of the files themselves (an
 unreadable file, a corrupt TFRecord) always fail the pipeline, in both modes.
-Evaluation streams end with a sentinel so trailing failures are found too.
-Caveat: in training, if EVERY record failed to decode, `ignore_errors` would
-keep reading (logging each error as a TensorFlow warning) instead of failing;
-`check_source` (the pre-flight check) decodes a sample of images first so
-such data fails before training.
+Training never reads forever: in 'skip' mode every pass over the data ends
+with a sentinel, and a pass that yielded no usable record fails ("no usable
+input record ..."); in 'fail' mode a batch of sentinels follows every 4096
+records, so even a stream whose every batch vanishes fails, naming a record,
+and data with no records at all fails too. Evaluation streams end with a
+sentinel so trailing failures are found too. `input_error_message` turns the
+TensorFlow error a training loop raises into the pipeline's one-line message.
 
 `check_source` is the pre-flight check run before training (missing files,
 unknown or unprepared TFDS datasets, labels out of range and undecodable
@@ -94,6 +101,13 @@ _FILE_STRIDE = 2 ** 40
 # blocks of _BLOCK.
 _WINDOW = 4
 _BLOCK = 64
+
+# Every error the input pipeline raises while it runs starts with one of
+# these (`input_error_message` finds them in a TensorFlow error).
+BAD_RECORD = 'bad input record'
+READ_FAILED = 'reading the input failed'
+NO_USABLE_RECORD = 'no usable input record'
+INPUT_ERROR_PREFIXES = (BAD_RECORD + ': ', READ_FAILED, NO_USABLE_RECORD)
 
 # Label value standing for "no label in the record" (parse default).
 _MISSING_LABEL = -(2 ** 62)
@@ -470,6 +484,12 @@ class _TFRecordSource:
     """(locator, record) of a raw element."""
     return element
 
+  def reread_image(self, locator) -> Optional[tf.data.Dataset]:
+    """The image bytes of the record at `locator`, read again (1 element)."""
+    file_id = tf.cast(locator // _FILE_STRIDE, tf.int32)
+    return tf.data.TFRecordDataset(tf.gather(self._file_names(), file_id)).skip(
+        locator % _FILE_STRIDE).take(1).map(lambda r: self.extract(r)[0])
+
   def where(self, locator) -> tf.Tensor:
     def known():
       file_id = tf.cast(locator // _FILE_STRIDE, tf.int32)
@@ -595,6 +615,22 @@ class _TFDSSource:
 
   no_locator = ''
   locator_dtype = tf.string
+
+  def reread_image(self, locator) -> Optional[tf.data.Dataset]:
+    """The image bytes of the record `locator` (a tfds_id: file__index), read
+    again (1 element); None if the files are not TFRecords."""
+    info = self.builder.info
+    if str(getattr(info, 'file_format', 'tfrecord')).split('.')[-1].lower() != (
+        'tfrecord'):
+      return None
+    parts = tf.strings.split(locator, '__')
+    path = tf.strings.join([os.fspath(self.builder.data_dir), '/', parts[0]])
+    index = tf.strings.to_number(parts[-1], tf.int64)
+    image_key = self._image_key
+    return tf.data.TFRecordDataset(path).skip(index).take(1).map(
+        lambda r: tf.io.parse_single_example(r, {
+            image_key: tf.io.FixedLenFeature((), tf.string, default_value='')
+        })[image_key])
 
   def sentinel(self):
     return (tf.constant(self.no_locator),
@@ -727,14 +763,44 @@ def _label_note(label, label_offset, num_classes):
       f'; num_classes {num_classes or "not given"})'])
 
 
+def _record_decoder(source, params, preprocess, image_size, num_classes):
+  """(locator, record) -> (image, label - label_offset, status).
+
+  Missing fields, out-of-range labels and sentinels (locator no_locator) get
+  their status and a zero image; decoding a corrupt image raises."""
+  dtype = _DTYPES[params.dtype]
+  label_offset = params.label_offset
+  no_locator = source.no_locator
+
+  def decode(locator, record):
+    image_bytes, label = source.extract(record)
+    label = label - label_offset
+    in_range = label >= 0
+    if num_classes:
+      in_range = tf.logical_and(in_range, label < num_classes)
+    status = tf.constant(OK)
+    status = tf.where(in_range, status, LABEL_OUT_OF_RANGE)
+    status = tf.where(tf.equal(tf.strings.length(image_bytes), 0), NO_IMAGE,
+                      status)
+    status = tf.where(tf.equal(label, _MISSING_LABEL - label_offset),
+                      NO_LABEL, status)
+    status = tf.where(tf.equal(locator, no_locator), SENTINEL, status)
+    image = tf.cond(tf.equal(status, OK), lambda: preprocess(image_bytes),
+                    lambda: tf.zeros([image_size, image_size, 3], dtype))
+    return image, label, status
+
+  return decode
+
+
 def _decode_checked(records, source, params, preprocess, image_size,
-                    num_classes, is_training, batch_size=None):
+                    num_classes, is_training):
   """Source elements -> (image, label[, keep]), bad records handled.
 
-  Returns (image, label) in 'fail' mode (evaluation: the end-of-stream
-  sentinel comes out as one padding example, label -1), and (image, label,
-  keep) filtered on keep in 'skip' mode. With batch_size (training in 'fail'
-  mode only), returns full batches checked batch by batch (cheaper).
+  `records` of training must hold an end-of-pass sentinel after every pass
+  over the data (`source.sentinel()`); evaluation streams get one at their
+  end here. Returns (image, label, keep) filtered on keep in training and in
+  'skip' mode, and (image, label) in 'fail' mode evaluation (the end-of-stream
+  sentinel comes out as one padding example, label -1).
   """
   dtype = _DTYPES[params.dtype]
   label_offset = params.label_offset
@@ -769,21 +835,11 @@ def _decode_checked(records, source, params, preprocess, image_size,
       remember).unbatch()
 
   # 2. Parse, check, decode, preprocess (order-preserving; errors dropped).
+  decode = _record_decoder(source, params, preprocess, image_size,
+                           num_classes)
+
   def process(seq, read_errors, locator, window, record):
-    image_bytes, label = source.extract(record)
-    label = label - label_offset
-    in_range = label >= 0
-    if num_classes:
-      in_range = tf.logical_and(in_range, label < num_classes)
-    status = tf.constant(OK)
-    status = tf.where(in_range, status, LABEL_OUT_OF_RANGE)
-    status = tf.where(tf.equal(tf.strings.length(image_bytes), 0), NO_IMAGE,
-                      status)
-    status = tf.where(tf.equal(label, _MISSING_LABEL - label_offset),
-                      NO_LABEL, status)
-    status = tf.where(tf.equal(locator, no_locator), SENTINEL, status)
-    image = tf.cond(tf.equal(status, OK), lambda: preprocess(image_bytes),
-                    lambda: tf.zeros([image_size, image_size, 3], dtype))
+    image, label, status = decode(locator, record)
     return seq, read_errors, locator, window, image, label, status
 
   dataset = dataset.map(process, num_parallel_calls=tf.data.AUTOTUNE,
@@ -860,58 +916,252 @@ def _decode_checked(records, source, params, preprocess, image_size,
       return tf.cond(bad_status, report_bad_status,
                      lambda: tf.identity(skipped))
 
-  if batch_size:
-    if skip or not is_training:
-      raise ValueError('batch-level checks are for training in fail mode')
-
-    def check_batch(state, batch):
-      expected, read_errors_seen = state
-      seq, read_errors, locator, window, image, label, status = batch
-      expected_each = tf.concat([tf.reshape(expected, [1]), seq[:-1] + 1], 0)
-      seen_each = tf.concat(
-          [tf.reshape(read_errors_seen, [1]), read_errors[:-1]], 0)
-      bad = tf.logical_or(tf.not_equal(seq, expected_each),
-                          tf.not_equal(status, OK))
-
-      def fail():
-        i = tf.argmax(tf.cast(bad, tf.int32), output_type=tf.int32)
-        report(seq[i], expected_each[i], read_errors[i] - seen_each[i],
-               tf.constant(0, tf.int64), locator[i], window[i], label[i],
-               status[i])
-        return tf.constant(True)
-
-      checked = tf.cond(tf.reduce_any(bad), fail, lambda: tf.constant(True))
-      with tf.control_dependencies([checked]):
-        image = tf.identity(image)
-      return (seq[-1] + 1, read_errors[-1]), (image, tf.cast(label, tf.int32))
-
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-    return dataset.scan(
-        (tf.constant(0, tf.int64), tf.constant(0, tf.int64)), check_batch)
+  def end_of_pass(seq, good, pass_start):
+    """At a training end-of-pass sentinel: fails if the pass yielded no
+    usable record (else training would read forever)."""
+    read = seq - pass_start
+    message = tf.cond(
+        read > 0,
+        lambda: tf.strings.join([
+            NO_USABLE_RECORD, ' in a full pass over the training data of '
+            'this input pipeline: all ', tf.strings.as_string(read),
+            ' records were bad (on_bad_record is ', params.on_bad_record,
+            '; see the skipped-record lines above); check the data and '
+            'image_field_key / label_field_key (tfds_image_key / '
+            'tfds_label_key)']),
+        lambda: tf.constant(
+            NO_USABLE_RECORD + ': a full pass over the training data of this '
+            'input pipeline read no records (empty input files?)'))
+    return tf.debugging.Assert(good > 0, [message], summarize=1)
 
   def check(state, element):
-    expected, read_errors_seen, skipped = state
+    expected, read_errors_seen, skipped, good, pass_start = state
     seq, read_errors, locator, window, image, label, status = element
-    new_read_errors = read_errors - read_errors_seen
-    usual = tf.logical_and(tf.equal(seq, expected), tf.equal(status, OK))
-    skipped = tf.cond(
-        usual, lambda: tf.identity(skipped),
-        lambda: report(seq, expected, new_read_errors, skipped, locator,
-                       window, label, status))
-    state = (seq + 1, read_errors, skipped)
-    label = tf.cast(label, tf.int32)
-    if skip:
-      return state, (image, label, tf.equal(status, OK))
-    # Only the evaluation sentinel can get here with status != OK.
-    return state, (image, tf.where(tf.equal(status, OK), label,
-                                   PADDING_LABEL))
+    is_ok = tf.equal(status, OK)
+    usual = tf.logical_and(tf.equal(seq, expected), is_ok)
 
-  dataset = dataset.scan(
-      (tf.constant(0, tf.int64), tf.constant(0, tf.int64),
-       tf.constant(0, tf.int64)), check)
-  if skip:
+    def unusual():
+      new_skipped = report(seq, expected, read_errors - read_errors_seen,
+                           skipped, locator, window, label, status)
+      if not is_training:
+        return new_skipped, good, pass_start
+      sentinel = tf.equal(status, SENTINEL)
+
+      def at_sentinel():
+        with tf.control_dependencies([end_of_pass(seq, good, pass_start)]):
+          return tf.constant(0, tf.int64), seq + 1
+
+      new_good, new_start = tf.cond(
+          sentinel, at_sentinel,
+          lambda: (good + tf.cast(is_ok, tf.int64), tf.identity(pass_start)))
+      return new_skipped, new_good, new_start
+
+    # The common case (no gap, a good record) takes one cheap branch.
+    skipped, good, pass_start = tf.cond(
+        usual,
+        lambda: (tf.identity(skipped), good + 1, tf.identity(pass_start)),
+        unusual)
+    state = (seq + 1, read_errors, skipped, good, pass_start)
+    label = tf.cast(label, tf.int32)
+    if skip or is_training:
+      return state, (image, label, is_ok)
+    # Evaluation in fail mode: only the end-of-stream sentinel gets here with
+    # status != OK; it becomes one padding example.
+    return state, (image, tf.where(is_ok, label, PADDING_LABEL))
+
+  zero = tf.constant(0, tf.int64)
+  dataset = dataset.scan((zero, zero, zero, zero, zero), check)
+  if skip or is_training:
     dataset = dataset.filter(lambda image, label, keep: keep)
   return dataset
+
+
+# Fail-mode training: records between heartbeat batches.
+_HEARTBEAT_RECORDS = 4096
+
+
+def _first(mask):
+  return tf.argmax(tf.cast(mask, tf.int32), output_type=tf.int32)
+
+
+def _train_batches_fail(records, source, params, preprocess, image_size,
+                        num_classes, batch_size):
+  """Fail-mode training: (locator, record) stream -> checked full batches.
+
+  The hot path is Model Garden's: one parallel map fused with the batch
+  (MapAndBatch), no per-record stage after the decode. A batch holding an
+  undecodable record raises and is dropped by `ignore_errors`; the per-batch
+  check that follows sees the gap in the sequence numbers and fails, naming
+  the record: every record carries the locators of the previous batch's
+  records (the batches are aligned with blocks of the stream), which are read
+  again and fully decoded, one by one, to find which one fails. Records with
+  no label / no image / a label out of range are not dropped: their status
+  names them. A batch of sentinels (a heartbeat) follows every
+  _HEARTBEAT_RECORDS records, so a stream whose every batch vanishes still
+  fails; a stream that ends (the data holds no records) ends with a batch of
+  sentinels, which fails too.
+  """
+  size = batch_size
+  no_locator = source.no_locator
+  sentinel = source.sentinel()
+  sentinels = tf.nest.map_structure(
+      lambda t: tf.fill([size], t), sentinel)
+  heartbeat_blocks = max(1, math.ceil(_HEARTBEAT_RECORDS / size))
+  # Only the end of data that holds no records can reach the end marker.
+  records = records.concatenate(
+      tf.data.Dataset.from_tensors(sentinel).repeat(size))
+
+  def remember(state, block):
+    previous, last_seq, read_errors, count = state
+    seq, raw = block
+    locator, _ = source.split(raw)
+    gaps = seq - tf.concat([tf.reshape(last_seq, [1]), seq[:-1]], 0) - 1
+    errors = read_errors + tf.cumsum(gaps)
+    windows = tf.broadcast_to(previous[tf.newaxis], [size, size])
+    out = (seq, errors, locator, windows, raw)
+    count += 1
+
+    def with_heartbeat():
+      beat = (tf.fill([size], seq[-1] + 1), tf.fill([size], errors[-1]),
+              tf.fill([size], tf.constant(no_locator, source.locator_dtype)),
+              tf.broadcast_to(locator[tf.newaxis], [size, size]), sentinels)
+      return tf.nest.map_structure(lambda a, b: tf.concat([a, b], 0), out,
+                                   beat)
+
+    out = tf.cond(count % heartbeat_blocks == 0, with_heartbeat, lambda: out)
+    return (locator, seq[-1], errors[-1], count), out
+
+  dataset = records.enumerate().ignore_errors(log_warning=True)
+  dataset = dataset.batch(size, drop_remainder=True).scan(
+      (tf.fill([size], tf.constant(no_locator, source.locator_dtype)),
+       tf.constant(-1, tf.int64), tf.constant(0, tf.int64),
+       tf.constant(0, tf.int64)), remember).unbatch()
+
+  decode = _record_decoder(source, params, preprocess, image_size,
+                           num_classes)
+
+  def process(seq, errors, locator, window, raw):
+    locator, record = source.split(raw)
+    image, label, status = decode(locator, record)
+    return seq, errors, locator, window, image, label, status
+
+  dataset = dataset.map(process, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=True)
+  dataset = dataset.batch(size, drop_remainder=True)
+  dataset = dataset.ignore_errors(log_warning=True)
+
+  suffix = (' (DataConfig.on_bad_record is fail; set it to skip to drop bad '
+            'records and count them in the logs)')
+
+  def decodes(locator):
+    """1 if the record at `locator` reads and fully decodes, else 0."""
+    if locator.dtype == tf.string:
+      sentinel_locator = tf.equal(locator, no_locator)
+    else:
+      sentinel_locator = locator < 0
+
+    def try_decode():
+      images = source.reread_image(locator).map(
+          lambda b: tf.shape(tf.io.decode_image(
+              b, channels=3, expand_animations=False))[0])
+      return images.ignore_errors().reduce(
+          tf.constant(0, tf.int64), lambda n, _: n + 1)
+
+    return tf.cond(sentinel_locator, lambda: tf.constant(1, tf.int64),
+                   try_decode)
+
+  def vanished_message(candidates):
+    listed = tf.strings.reduce_join(
+        tf.map_fn(source.where, candidates, fn_output_signature=tf.string),
+        separator=', ')
+    fallback = tf.strings.join([
+        'bad input record: one of ', listed, ': ', _REASONS[UNDECODABLE]])
+    if source.reread_image(candidates[0]) is None:
+      return fallback
+    ok = tf.map_fn(decodes, candidates, fn_output_signature=tf.int64)
+    found = tf.reduce_any(tf.equal(ok, 0))
+    i = _first(tf.equal(ok, 0))
+    return tf.cond(found, lambda: tf.strings.join([
+        'bad input record: ', source.where(candidates[i]), ': ',
+        _REASONS[UNDECODABLE]]), lambda: fallback)
+
+  def check(state, batch):
+    expected, errors_seen = state
+    seq, errors, locator, window, image, label, status = batch
+    beat = tf.equal(status[0], SENTINEL)
+    new_errors = errors[-1] - errors_seen
+    vanished = seq[0] - expected - (errors[0] - errors_seen)
+    bad_status = tf.logical_and(tf.logical_not(beat),
+                                tf.reduce_any(tf.not_equal(status, OK)))
+    empty = tf.logical_and(beat, tf.equal(seq[0], 0))
+    ok = tf.logical_not(tf.reduce_any(tf.stack([
+        new_errors > 0, vanished > 0, bad_status, empty])))
+
+    def message():
+      def read_failed():
+        i = _first(errors > errors_seen)
+        return tf.strings.join([
+            READ_FAILED, ' before ', source.where(locator[i]), ' (',
+            tf.strings.as_string(new_errors), ' read error(s): an '
+            'unreadable file, a corrupt TFRecord, ...); TensorFlow logged '
+            'the original error as a warning (shown with '
+            'TF_CPP_MIN_LOG_LEVEL=0)'])
+
+      def bad_record():
+        i = _first(tf.not_equal(status, OK))
+        note = tf.cond(tf.equal(status[i], LABEL_OUT_OF_RANGE),
+                       lambda: _label_note(label[i], params.label_offset,
+                                           num_classes),
+                       lambda: tf.constant(''))
+        return tf.strings.join([
+            'bad input record: ', source.where(locator[i]), ': ',
+            tf.gather(tf.constant(_REASONS), status[i]), note, suffix])
+
+      def other():
+        return tf.cond(
+            vanished > 0,
+            lambda: tf.strings.join([vanished_message(window[0]), suffix]),
+            lambda: tf.cond(bad_status, bad_record, lambda: tf.constant(
+                NO_USABLE_RECORD + ': a full pass over the training data '
+                'of this input pipeline read no records (empty input '
+                'files?)')))
+
+      return tf.cond(new_errors > 0, read_failed, other)
+
+    text = tf.cond(ok, lambda: tf.constant(''), message)
+    with tf.control_dependencies(
+        [tf.debugging.Assert(ok, [text], summarize=1)]):
+      keep = tf.logical_not(beat)
+    expected = tf.where(beat, expected, seq[-1] + 1)
+    return (expected, errors[-1]), (image, tf.cast(label, tf.int32), keep)
+
+  zero = tf.constant(0, tf.int64)
+  dataset = dataset.scan((zero, zero), check)
+  dataset = dataset.filter(lambda images, labels, keep: keep)
+  return dataset.map(lambda images, labels, keep: (images, labels))
+
+
+def input_error_message(error: BaseException) -> Optional[str]:
+  """The one-line message of an input-pipeline error raised while running.
+
+  `error` is what a training/evaluation loop raised; returns the pipeline's
+  message (naming the file and record) if it is a TensorFlow error raised by
+  this pipeline's checks (a bad record in fail mode, a read error, no usable
+  record in a full pass), else None.
+  """
+  if not isinstance(error, tf.errors.OpError):
+    return None
+  for line in (error.message or '').splitlines():
+    for prefix in INPUT_ERROR_PREFIXES:
+      start = line.find(prefix)
+      if start < 0:
+        continue
+      message = line[start:].rstrip()
+      # tf.debugging.Assert shows its data as "assertion failed: [message]".
+      if line[:start].rstrip().endswith('[') and message.endswith(']'):
+        message = message[:-1].rstrip()
+      return message
+  return None
 
 
 def _batch(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
@@ -945,13 +1195,15 @@ def _build_train(params, source, image_size, input_context, num_pipelines,
     dataset = dataset.cache()
   dataset = dataset.shuffle(params.shuffle_buffer_size, seed=params.seed,
                             reshuffle_each_iteration=True)
-  dataset = dataset.repeat()
   preprocess = make_preprocess_fn(params, image_size, True)
   if params.on_bad_record == 'fail':
-    # Checked batch by batch.
-    return _decode_checked(dataset, source, params, preprocess, image_size,
-                           num_classes, is_training=True,
-                           batch_size=per_replica_batch)
+    return _train_batches_fail(dataset.repeat(), source, params, preprocess,
+                               image_size, num_classes, per_replica_batch)
+  # An end-of-pass sentinel after every pass: a pass that yields no usable
+  # record fails instead of repeating forever.
+  dataset = dataset.concatenate(
+      tf.data.Dataset.from_tensors(source.sentinel()))
+  dataset = dataset.repeat()
   dataset = _decode_checked(dataset, source, params, preprocess, image_size,
                             num_classes, is_training=True)
   return _batch(dataset, per_replica_batch)
