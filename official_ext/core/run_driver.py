@@ -139,14 +139,26 @@ def build_strategy(params) -> tf.distribute.Strategy:
 
 
 def _time_to_accuracy(params, experiment: str, num_replicas: int,
-                      model_dir: str) -> tta.TimeToAccuracy:
-  """The run record of model_dir: resumed if it exists, else a new one."""
+                      model_dir: str, writes: bool) -> tta.TimeToAccuracy:
+  """The run record of model_dir: resumed if it exists, else a new one.
+
+  Only a writing process (the chief) rewrites summary.json."""
   record = tta.read_summary(model_dir)  # check_model_dir vetted it.
   hparams = run_hparams.run_hparams(params, experiment, num_replicas)
   if record is None:
     record = tta.RunRecord(experiment, hparams, params.trainer.train_steps,
                            recipe.steps_per_epoch(params))
-  return tta.TimeToAccuracy(record, model_dir)
+  return tta.TimeToAccuracy(record, model_dir if writes else None)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """Whether this process writes the run's files (one process per job).
+
+  Under MultiWorkerMirroredStrategy every worker runs this driver on the same
+  model_dir; only the chief writes params.yaml, summary.json, HParams and
+  the gin config (Orbit and the checkpoint manager handle their own files).
+  """
+  return bool(strategy.extended.should_checkpoint)
 
 
 def run(params, mode: str, model_dir: str, experiment: str = '') -> Dict:
@@ -156,12 +168,14 @@ def run(params, mode: str, model_dir: str, experiment: str = '') -> Dict:
   write TensorBoard HParams data; an eval-only mode leaves both untouched.
   """
   strategy = build_strategy(params)
+  chief = is_chief(strategy)
   clock: Optional[tta.TimeToAccuracy] = None
   if 'train' in mode:
-    write_params(params, model_dir)
     clock = _time_to_accuracy(params, experiment, strategy.num_replicas_in_sync,
-                              model_dir)
-    run_hparams.write_hparams(model_dir, clock.record.hparams)
+                              model_dir, writes=chief)
+    if chief:
+      write_params(params, model_dir)
+      run_hparams.write_hparams(model_dir, clock.record.hparams)
   precision = params.runtime.mixed_precision_dtype
   # conv_bfloat16 keeps the global policy float32: the backbone gives its
   # convolutions a mixed_bfloat16 policy (recipe.resolve sets conv_dtype).
@@ -195,5 +209,6 @@ def run(params, mode: str, model_dir: str, experiment: str = '') -> Dict:
     clock.finish(
         completed=int(trainer.global_step.numpy()) >= params.trainer.train_steps)
     reporter.report_time_to_accuracy(clock.record)
-  train_utils.save_gin_config(mode, model_dir)
+  if chief:
+    train_utils.save_gin_config(mode, model_dir)
   return eval_logs

@@ -1,0 +1,76 @@
+"""train.py under MultiWorkerMirroredStrategy: two worker processes on localhost.
+
+The workers share one model_dir, as on a GPU cluster: both train and
+evaluate (exactly: each host pads its own eval shard), and only the chief
+writes params.yaml, summary.json and the HParams data.
+"""
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from official_ext.tools import make_fixture
+from tests import short_runs
+
+
+def free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(('localhost', 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+@pytest.mark.slow  # ~1.5 minutes: two processes build and trace B0.
+def test_two_workers_train_and_evaluate_in_one_model_dir(tmp_path):
+  fixture = make_fixture.make_fixture(
+      str(tmp_path / 'fixture'), num_classes=short_runs.NUM_CLASSES,
+      num_train=short_runs.NUM_TRAIN, num_eval=short_runs.NUM_EVAL,
+      image_size=20)
+  override = tmp_path / 'override.yaml'
+  override.write_text(yaml.safe_dump(short_runs.override(fixture, {
+      'runtime': {'num_cpu_replicas': 0,
+                  'distribution_strategy': 'multi_worker_mirrored'}})))
+  model_dir = tmp_path / 'run'
+  workers = [f'localhost:{port}' for port in free_ports(2)]
+  processes = []
+  for index in range(2):
+    tf_config = {'cluster': {'worker': workers},
+                 'task': {'type': 'worker', 'index': index}}
+    processes.append(subprocess.Popen(
+        [sys.executable, os.path.join(short_runs.ROOT, 'train.py'),
+         f'--experiment={short_runs.EXPERIMENT}', f'--model_dir={model_dir}',
+         f'--params_override={override}'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=short_runs.ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
+                 TF_CONFIG=json.dumps(tf_config))))
+  outputs = []
+  for process in processes:
+    out, err = process.communicate(timeout=900)
+    assert process.returncode == 0, err[-3000:]
+    outputs.append(out)
+
+  evals = []
+  for out in outputs:
+    assert '2 replicas (CollectiveAllReduceStrategy)' in out, out
+    # Metrics are global: both workers print the same numbers.
+    evals.append(re.findall(r'eval at step (\d+) .*?top-1 ([\d.]+) .*?loss '
+                            r'([\d.]+)', out))
+  assert [e[0] for e in evals[0]] == [str(s) for s in short_runs.EVAL_STEPS]
+  assert evals[0] == evals[1]
+
+  with open(model_dir / 'summary.json') as f:
+    summary = json.load(f)
+  assert [e['step'] for e in summary['evals']] == list(short_runs.EVAL_STEPS)
+  assert summary['hparams']['replicas'] == 2
+  assert not [name for name in os.listdir(model_dir)
+              if name.endswith('.tmp')]
+  assert (model_dir / 'params.yaml').exists()
