@@ -110,6 +110,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf
 import tf_keras
 
+from benchmarks import interleaved
 from official.common import distribute_utils
 from official.core import task_factory
 from official.modeling import optimization
@@ -288,22 +289,6 @@ def op_counts(fn):
   return sum(op in REDUCE_OP_TYPES for op in ops)
 
 
-def time_interleaved(fns, strategy, steps, rounds):
-  names = list(fns)
-  wall = {n: [] for n in names}
-  cpu = {n: [] for n in names}
-  for r in range(rounds):
-    order = names[r % len(names):] + names[:r % len(names)]
-    for name in order:
-      start, start_cpu = time.perf_counter(), time.process_time()
-      for _ in range(steps):
-        out = fns[name]()
-      sync(out, strategy)
-      wall[name].append((time.perf_counter() - start) / steps)
-      cpu[name].append((time.process_time() - start_cpu) / steps)
-  return wall, cpu
-
-
 def profile(fns, strategy, profile_dir, steps):
   tf.profiler.experimental.start(profile_dir)
   try:
@@ -434,7 +419,8 @@ def main(argv=None):
         'CrossReplicaSum): ' + ', '.join(
             f'{name} {count}' for name, count in counts.items()))
 
-  wall, cpu = time_interleaved(fns, strategy, args.steps, args.rounds)
+  wall, cpu = interleaved.time_interleaved(
+      fns, args.steps, args.rounds, wait=lambda out: sync(out, strategy))
   med = {n: statistics.median(t) for n, t in wall.items()}
   med_cpu = {n: statistics.median(t) for n, t in cpu.items()}
   print(f'median / min wall time per call over {args.rounds} rounds of '

@@ -68,6 +68,7 @@ import argparse
 import collections
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import queue
@@ -84,7 +85,8 @@ import tf_keras
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from official.vision.modeling import classification_model  # pylint: disable=g-import-not-at-top
+from benchmarks import interleaved  # pylint: disable=g-import-not-at-top
+from official.vision.modeling import classification_model
 from official.vision.modeling.backbones import efficientnet as mg_efficientnet
 from official_ext.core import runtime
 from official_ext.modeling.backbones import efficientnet
@@ -130,19 +132,9 @@ def run_interleaved(steps, inputs, num_steps, warmup, rounds):
 
 def time_rounds(steps, inputs, num_steps, rounds):
   """Times already traced and warmed-up `steps`; as `run_interleaved`."""
-  names = list(steps)
-  wall = {name: [] for name in names}
-  cpu = {name: [] for name in names}
-  for r in range(rounds):
-    order = names[r % len(names):] + names[:r % len(names)]
-    for name in order:
-      start, start_cpu = time.perf_counter(), time.process_time()
-      for _ in range(num_steps):
-        loss = steps[name](*inputs)
-      loss.numpy()  # wait for the last step
-      wall[name].append((time.perf_counter() - start) / num_steps)
-      cpu[name].append((time.process_time() - start_cpu) / num_steps)
-  return wall, cpu
+  return interleaved.time_interleaved(
+      {name: functools.partial(step, *inputs) for name, step in steps.items()},
+      num_steps, rounds, wait=lambda loss: loss.numpy())
 
 
 def run_backbone(args):

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from typing import Optional, Tuple
 
@@ -195,11 +194,7 @@ def prepare_digits(cache_dir: Optional[str] = None,
   if manifest is not None:
     return _splits(final, manifest)
 
-  os.makedirs(cache_dir, exist_ok=True)
-  temp = tempfile.mkdtemp(prefix=f'.{os.path.basename(final)}.tmp-',
-                          dir=cache_dir)
-  try:
-    os.chmod(temp, 0o755)  # mkdtemp makes it private; the cache is shared.
+  with tfrecord_writer.staging_directory(final) as temp:
     _build(temp, image_size, eval_fraction, seed)
     for _ in range(3):
       try:
@@ -221,9 +216,6 @@ def prepare_digits(cache_dir: Optional[str] = None,
           pass
     else:
       raise OSError(f'could not move the digits dataset into {final}')
-  finally:
-    if os.path.isdir(temp):
-      shutil.rmtree(temp, ignore_errors=True)
   manifest = _load_manifest(final)
   if manifest is None:
     raise OSError(f'digits dataset in {final} is incomplete after building')

@@ -17,12 +17,16 @@ blocks of the input, so reading the shards in name order recovers the input
 order. Every shard is first written under a temporary name in its target
 directory and all are renamed only after every shard was written, so an
 exception or crash while encoding never leaves files under the final names.
+Whole dataset directories are built the same way in `staging_directory`.
 """
+import contextlib
 import glob
 import os
 import re
+import shutil
+import tempfile
 import uuid
-from typing import Iterable, List, Sequence
+from typing import Iterable, Iterator, List, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -31,6 +35,26 @@ _FORMATS = ('png', 'jpeg')
 
 
 DEFAULT_SUFFIX = '.tfrecord'
+
+
+@contextlib.contextmanager
+def staging_directory(final: str) -> Iterator[str]:
+  """A temporary sibling of directory `final` to build a dataset in.
+
+  The caller renames it to `final` once complete; whatever is left of it on
+  exit (an exception, a lost race) is removed, so `final` never holds a
+  half-written dataset.
+  """
+  parent = os.path.dirname(final)
+  os.makedirs(parent, exist_ok=True)
+  temp = tempfile.mkdtemp(prefix=f'.{os.path.basename(final)}.tmp-',
+                          dir=parent)
+  try:
+    os.chmod(temp, 0o755)  # mkdtemp makes it private; datasets are shared.
+    yield temp
+  finally:
+    if os.path.isdir(temp):
+      shutil.rmtree(temp, ignore_errors=True)
 
 
 def shard_path(path_prefix: str, index: int, num_shards: int,

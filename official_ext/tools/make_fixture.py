@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -293,12 +292,7 @@ def make_fixture(out: str, num_classes: int, num_train: int, num_eval: int,
   _prepare_out(out, overwrite)
   # After the argument checks: bad arguments fail without importing TF.
   from official_ext.dataloaders import tfrecord_writer  # pylint: disable=g-import-not-at-top
-  parent = os.path.dirname(out)
-  os.makedirs(parent, exist_ok=True)
-  temp = tempfile.mkdtemp(prefix=f'.{os.path.basename(out)}.tmp-',
-                          dir=parent)
-  try:
-    os.chmod(temp, 0o755)
+  with tfrecord_writer.staging_directory(out) as temp:
     width = image_width or image_size
     manifest = {
         'format_version': FORMAT_VERSION,
@@ -338,9 +332,6 @@ def make_fixture(out: str, num_classes: int, num_train: int, num_eval: int,
       _prepare_out(out, overwrite)  # Re-check just before replacing.
       shutil.rmtree(out)
     os.rename(temp, out)
-  finally:
-    if os.path.isdir(temp):
-      shutil.rmtree(temp, ignore_errors=True)
   fixture = load_fixture(out)
   if fixture is None:
     raise OSError(f'fixture in {out} is incomplete after writing')
