@@ -6,11 +6,9 @@ after every evaluation: top-1, top-5, loss, the time-to-accuracy clock and the
 peak so far; at the end, the time to peak top-1. Lines go to stdout.
 """
 import sys
-import time
 from typing import Any, Dict, Optional, TextIO
 
 import numpy as np
-import tensorflow as tf
 
 
 def _scalar(value) -> Optional[float]:
@@ -23,6 +21,7 @@ def _scalar(value) -> Optional[float]:
 
 
 def format_duration(seconds: float) -> str:
+  """301.5 -> '5m01s'; hours when needed ('1h02m03s')."""
   seconds = int(max(seconds, 0))
   hours, rest = divmod(seconds, 3600)
   minutes, secs = divmod(rest, 60)
@@ -31,9 +30,13 @@ def format_duration(seconds: float) -> str:
 
 
 class ProgressReporter:
-  """Prints one line per train loop and per evaluation."""
+  """Prints one line per train loop and per evaluation.
 
-  def __init__(self, global_step: tf.Variable, train_steps: int,
+  Throughput comes from the train outputs (`images_per_second`, timed over
+  the train loop alone by official_ext.core.timed_trainer.TimedTrainer).
+  """
+
+  def __init__(self, global_step, train_steps: int,
                global_batch_size: int, steps_per_epoch: float,
                stream: TextIO = sys.stdout):
     self._global_step = global_step
@@ -41,22 +44,13 @@ class ProgressReporter:
     self._global_batch_size = global_batch_size
     self._steps_per_epoch = steps_per_epoch
     self._stream = stream
-    self._last_step = int(global_step.numpy())
-    self._last_time = time.time()
-    self.last_images_per_second: Optional[float] = None
-
-  def restart_clock(self) -> None:
-    """Excludes time spent outside training (eval, setup) from images/s."""
-    self._last_step = int(self._global_step.numpy())
-    self._last_time = time.time()
 
   def _print(self, line: str) -> None:
     print(line, file=self._stream, flush=True)
 
   def train_action(self, output: Optional[Dict[str, Any]]) -> None:
     output = output or {}
-    now, step = time.time(), int(self._global_step.numpy())
-    steps, seconds = step - self._last_step, max(now - self._last_time, 1e-9)
+    step = int(self._global_step.numpy())
     parts = [f'step {step}/{self._train_steps}',
              f'epoch {step / self._steps_per_epoch:.2f}']
     loss = _scalar(output.get('training_loss', output.get('loss')))
@@ -65,17 +59,14 @@ class ProgressReporter:
     lr = _scalar(output.get('learning_rate'))
     if lr is not None:
       parts.append(f'lr {lr:.5g}')
-    if steps > 0:
-      # The trainer's figure times the train loop alone; ours adds overheads.
-      images_per_second = _scalar(output.get('images_per_second')) or (
-          steps * self._global_batch_size / seconds)
-      self.last_images_per_second = images_per_second
-      eta = (self._train_steps - step) * seconds / steps
+    images_per_second = _scalar(output.get('images_per_second'))
+    if images_per_second:
+      eta = ((self._train_steps - step) * self._global_batch_size /
+             images_per_second)
       parts += [f'{images_per_second:.1f} images/s',
                 f'{images_per_second / 1000:.4f} images/ms',
                 f'ETA {format_duration(eta)}']
     self._print(' | '.join(parts))
-    self.restart_clock()
 
   def eval_action(self, output: Optional[Dict[str, Any]]) -> None:
     output = output or {}
@@ -96,7 +87,6 @@ class ProgressReporter:
     if peak is not None and time_to_peak is not None:
       parts.append(f'peak top-1 {peak:.4f} at {format_duration(time_to_peak)}')
     self._print(' | '.join(parts))
-    self.restart_clock()
 
   def report_time_to_accuracy(self, record) -> None:
     """One closing line: peak top-1, when it was reached, throughput."""

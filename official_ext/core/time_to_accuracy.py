@@ -20,6 +20,8 @@ import os
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+import tensorflow as tf
+
 SUMMARY_FILE = 'summary.json'
 
 
@@ -136,7 +138,6 @@ def summary_path(model_dir: str) -> str:
 
 def write_summary(record: RunRecord, model_dir: str) -> str:
   """Writes summary.json atomically (temp file, then rename)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top (GCS paths)
   path = summary_path(model_dir)
   temp = path + '.tmp'
   with tf.io.gfile.GFile(temp, 'w') as f:
@@ -148,7 +149,6 @@ def write_summary(record: RunRecord, model_dir: str) -> str:
 
 def read_summary(model_dir: str) -> Optional[RunRecord]:
   """The run record in model_dir, or None if there is none."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   path = summary_path(model_dir)
   if not tf.io.gfile.exists(path):
     return None

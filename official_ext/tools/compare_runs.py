@@ -27,6 +27,8 @@ import sys
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from official_ext.core import progress  # TF-free: keeps this CLI fast.
+
 SUMMARY_FILE = 'summary.json'
 EXPECTED = 'a model_dir written by train.py, holding summary.json'
 
@@ -109,12 +111,7 @@ def _number(value) -> Optional[float]:
 
 def format_duration(seconds: float) -> str:
   """301.5 -> '5m01s (301 s)': readable, plus exact seconds to compare."""
-  total = int(max(seconds, 0))
-  hours, rest = divmod(total, 3600)
-  minutes, secs = divmod(rest, 60)
-  clock = (f'{hours}h{minutes:02d}m{secs:02d}s' if hours else
-           f'{minutes}m{secs:02d}s')
-  return f'{clock} ({total} s)'
+  return f'{progress.format_duration(seconds)} ({int(max(seconds, 0))} s)'
 
 
 def _significant(value: float, digits: int = 4) -> str:
