@@ -68,6 +68,21 @@ def _context(num_pipelines, pipeline_id, num_replicas):
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize('shape,static', [
+    ((7, 5, 3), True), ((7, 5, 3), False), ((2, 4, 6, 3), True)])
+def test_normalize_matches_numpy_per_channel(shape, static):
+  # Every pixel and channel differs, so a mean/stddev applied to the wrong
+  # axis or position shows.
+  image = np.random.default_rng(1).uniform(-20, 280, shape).astype(np.float32)
+  expected = (image - MEAN) / STD
+  spec = tf.TensorSpec(shape if static else [None] * len(shape), tf.float32)
+  dataset = tf.data.Dataset.from_generator(lambda: iter([image]),
+                                           output_signature=spec)
+  (normalized,) = list(dataset.map(ci.normalize).as_numpy_iterator())
+  assert normalized.shape == shape
+  np.testing.assert_allclose(normalized, expected, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize('image_size,dtype,method', [
     (8, 'float32', 'bicubic'), (12, 'bfloat16', 'bilinear')])
 def test_train_shapes_dtypes_normalization(data, image_size, dtype, method):
