@@ -676,7 +676,8 @@ def normalize(image: tf.Tensor) -> tf.Tensor:
   us elementwise. The arithmetic is the same, so the results are identical.
   """
   image = tf.cast(image, tf.float32)
-  if image.shape.rank != 3 or not image.shape.is_fully_defined():
+  if (image.shape.rank != 3 or not image.shape.is_fully_defined() or
+      image.shape[-1] != len(MEAN_RGB)):
     return preprocess_ops.normalize_scaled_float_image(
         image, offset=MEAN_RGB, scale=STDDEV_RGB)
   shape = image.shape.as_list()
