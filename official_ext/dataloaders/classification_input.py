@@ -757,6 +757,19 @@ def make_preprocess_fn(params: mg_ic.DataConfig, image_size: int,
 # ----------------------------------------------------------------------------
 
 
+_FAIL_MODE_HINT = (' (DataConfig.on_bad_record is fail; set it to skip to '
+                   'drop bad records and count them in the logs)')
+
+
+def _read_failed_message(where, count):
+  """'reading the input failed before <where> (<count> read error(s)...'."""
+  return tf.strings.join([
+      READ_FAILED, ' before ', where, ' (', tf.strings.as_string(count),
+      ' read error(s): an unreadable file, a corrupt TFRecord, ...); '
+      'TensorFlow logged the original error as a warning (shown with '
+      'TF_CPP_MIN_LOG_LEVEL=0)'])
+
+
 def _describe_window(source, window, count):
   """'L1, L2, ...' for the last `count` (<= _WINDOW shown) locators."""
   shown = tf.minimum(count, _WINDOW)
@@ -863,9 +876,6 @@ def _decode_checked(records, source, params, preprocess, image_size,
 
   # 3. Find the gaps; fail, or skip and count. The common case (no gap, a
   # good record) takes one cheap branch.
-  suffix = (' (DataConfig.on_bad_record is fail; set it to skip to drop bad '
-            'records and count them in the logs)')
-
   def report(seq, expected, new_read_errors, skipped, locator, window, label,
              status):
     """Fails, or prints what was skipped; returns the new skipped count."""
@@ -875,12 +885,7 @@ def _decode_checked(records, source, params, preprocess, image_size,
     here = source.where(locator)
     read_ok = tf.equal(new_read_errors, 0)
     read_message = tf.cond(read_ok, lambda: tf.constant(''), lambda: (
-        tf.strings.join([
-            'reading the input failed before ', here, ' (',
-            tf.strings.as_string(new_read_errors), ' read error(s): an '
-            'unreadable file, a corrupt TFRecord, ...); TensorFlow logged '
-            'the original error as a warning (shown with '
-            'TF_CPP_MIN_LOG_LEVEL=0)'])))
+        _read_failed_message(here, new_read_errors)))
     read_check = tf.debugging.Assert(read_ok, [read_message], summarize=1)
 
     def undecodable_message(prefix):
@@ -902,10 +907,11 @@ def _decode_checked(records, source, params, preprocess, image_size,
                             tf.logical_not(bad_status))
         message = tf.cond(
             ok, lambda: tf.constant(''),
-            lambda: tf.strings.join([tf.cond(
-                undecodable > 0,
-                lambda: undecodable_message('bad input record: '),
-                lambda: bad_status_message('bad input record: ')), suffix]))
+            lambda: tf.strings.join([
+                tf.cond(undecodable > 0,
+                        lambda: undecodable_message('bad input record: '),
+                        lambda: bad_status_message('bad input record: ')),
+                _FAIL_MODE_HINT]))
         with tf.control_dependencies(
             [tf.debugging.Assert(ok, [message], summarize=1)]):
           return tf.identity(skipped)
@@ -1065,9 +1071,6 @@ def _train_batches_fail(records, source, params, preprocess, image_size,
   dataset = dataset.batch(size, drop_remainder=True)
   dataset = dataset.ignore_errors(log_warning=True)
 
-  suffix = (' (DataConfig.on_bad_record is fail; set it to skip to drop bad '
-            'records and count them in the logs)')
-
   def decodes(locator):
     """1 if the record at `locator` reads and fully decodes, else 0."""
     if locator.dtype == tf.string:
@@ -1115,12 +1118,7 @@ def _train_batches_fail(records, source, params, preprocess, image_size,
     def message():
       def read_failed():
         i = _first(errors > errors_seen)
-        return tf.strings.join([
-            READ_FAILED, ' before ', source.where(locator[i]), ' (',
-            tf.strings.as_string(new_errors), ' read error(s): an '
-            'unreadable file, a corrupt TFRecord, ...); TensorFlow logged '
-            'the original error as a warning (shown with '
-            'TF_CPP_MIN_LOG_LEVEL=0)'])
+        return _read_failed_message(source.where(locator[i]), new_errors)
 
       def bad_record():
         i = _first(tf.not_equal(status, OK))
@@ -1130,12 +1128,14 @@ def _train_batches_fail(records, source, params, preprocess, image_size,
                        lambda: tf.constant(''))
         return tf.strings.join([
             'bad input record: ', source.where(locator[i]), ': ',
-            tf.gather(tf.constant(_REASONS), status[i]), note, suffix])
+            tf.gather(tf.constant(_REASONS), status[i]), note,
+            _FAIL_MODE_HINT])
 
       def other():
         return tf.cond(
             vanished > 0,
-            lambda: tf.strings.join([vanished_message(window[0]), suffix]),
+            lambda: tf.strings.join([vanished_message(window[0]),
+                                     _FAIL_MODE_HINT]),
             lambda: tf.cond(bad_status, bad_record, lambda: tf.constant(
                 NO_USABLE_RECORD + ': a full pass over the training data '
                 'of this input pipeline read no records (empty input '
