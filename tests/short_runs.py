@@ -45,6 +45,17 @@ def override(fixture, extra=None):
   return _merge(base, extra or {})
 
 
+def resolved_params(fixture, extra=None):
+  """The short run's ExperimentConfig, overridden and resolved in-process."""
+  # Imported here: tests that only launch train.py need no Model Garden.
+  from official.core import exp_factory  # pylint: disable=g-import-not-at-top
+  import experiments  # pylint: disable=g-import-not-at-top,unused-import
+  from official_ext.core import recipe  # pylint: disable=g-import-not-at-top
+  params = exp_factory.get_exp_config(EXPERIMENT)
+  params.override(override(fixture, extra), is_strict=True)
+  return recipe.resolve(params)
+
+
 def train(model_dir, fixture, extra=None, timeout=900):
   """Runs train.py --mode=train_and_eval; returns the CompletedProcess."""
   override_file = str(model_dir) + '.override.yaml'

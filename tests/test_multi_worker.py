@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 import yaml
 
 from official_ext.tools import make_fixture
@@ -28,7 +29,36 @@ def free_ports(count):
   return ports
 
 
-@pytest.mark.slow  # ~1.5 minutes: two processes build and trace B0.
+def run_two_workers(model_dir, override, mode):
+  """Runs train.py as both workers of a localhost cluster; their stdouts."""
+  workers = [f'localhost:{port}' for port in free_ports(2)]
+  processes = []
+  for index in range(2):
+    tf_config = {'cluster': {'worker': workers},
+                 'task': {'type': 'worker', 'index': index}}
+    processes.append(subprocess.Popen(
+        [sys.executable, os.path.join(short_runs.ROOT, 'train.py'),
+         f'--experiment={short_runs.EXPERIMENT}', f'--model_dir={model_dir}',
+         f'--params_override={override}', f'--mode={mode}'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=short_runs.ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
+                 TF_CONFIG=json.dumps(tf_config))))
+  outputs = []
+  for process in processes:
+    out, err = process.communicate(timeout=900)
+    assert process.returncode == 0, err[-3000:]
+    assert '2 replicas (CollectiveAllReduceStrategy)' in out, out
+    outputs.append(out)
+  return outputs
+
+
+def eval_lines(out):
+  return re.findall(r'eval at step (\d+) .*?top-1 ([\d.]+) .*?loss ([\d.]+)',
+                    out)
+
+
+@pytest.mark.slow  # ~2.5 minutes: two processes build and trace B0, twice.
 def test_two_workers_train_and_evaluate_in_one_model_dir(tmp_path):
   fixture = make_fixture.make_fixture(
       str(tmp_path / 'fixture'), num_classes=short_runs.NUM_CLASSES,
@@ -39,31 +69,10 @@ def test_two_workers_train_and_evaluate_in_one_model_dir(tmp_path):
       'runtime': {'num_cpu_replicas': 0,
                   'distribution_strategy': 'multi_worker_mirrored'}})))
   model_dir = tmp_path / 'run'
-  workers = [f'localhost:{port}' for port in free_ports(2)]
-  processes = []
-  for index in range(2):
-    tf_config = {'cluster': {'worker': workers},
-                 'task': {'type': 'worker', 'index': index}}
-    processes.append(subprocess.Popen(
-        [sys.executable, os.path.join(short_runs.ROOT, 'train.py'),
-         f'--experiment={short_runs.EXPERIMENT}', f'--model_dir={model_dir}',
-         f'--params_override={override}'],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd=short_runs.ROOT,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
-                 TF_CONFIG=json.dumps(tf_config))))
-  outputs = []
-  for process in processes:
-    out, err = process.communicate(timeout=900)
-    assert process.returncode == 0, err[-3000:]
-    outputs.append(out)
+  outputs = run_two_workers(model_dir, override, 'train_and_eval')
 
-  evals = []
-  for out in outputs:
-    assert '2 replicas (CollectiveAllReduceStrategy)' in out, out
-    # Metrics are global: both workers print the same numbers.
-    evals.append(re.findall(r'eval at step (\d+) .*?top-1 ([\d.]+) .*?loss '
-                            r'([\d.]+)', out))
+  # Metrics are global: both workers print the same numbers.
+  evals = [eval_lines(out) for out in outputs]
   assert [e[0] for e in evals[0]] == [str(s) for s in short_runs.EVAL_STEPS]
   assert evals[0] == evals[1]
 
@@ -74,3 +83,21 @@ def test_two_workers_train_and_evaluate_in_one_model_dir(tmp_path):
   assert not [name for name in os.listdir(model_dir)
               if name.endswith('.tmp')]
   assert (model_dir / 'params.yaml').exists()
+  # Only the chief writes TensorBoard events and (EMA) checkpoints here.
+  for subdir in ('train', 'validation'):
+    assert len(os.listdir(model_dir / subdir)) == 1, subdir
+  assert tf.train.latest_checkpoint(str(model_dir)).endswith(
+      f'ckpt-{short_runs.TRAIN_STEPS}')
+  ema_dir = model_dir / 'ema_checkpoints'
+  assert tf.train.latest_checkpoint(str(ema_dir)).endswith(
+      f'average_weights-{short_runs.TRAIN_STEPS}')
+
+  # Both workers of an eval job restore the chief's checkpoint: the global
+  # metrics are those of the last evaluation in training.
+  outputs = run_two_workers(model_dir, override, 'eval')
+  last = evals[0][-1]
+  for out in outputs:
+    (step, top1, loss), = eval_lines(out)
+    assert step == last[0]
+    assert float(top1) == pytest.approx(float(last[1]), abs=1e-3)
+    assert float(loss) == pytest.approx(float(last[2]), rel=1e-3)

@@ -7,7 +7,6 @@ import time
 import pytest
 import tensorflow as tf
 
-from official.core import exp_factory
 from official.core import task_factory
 from official.core import train_lib
 from official.core import train_utils
@@ -22,9 +21,7 @@ from tests.conftest import cpu_strategy
 
 def fixture_params(fx):
   """The short runs' params (4 steps, an eval every 2), resolved."""
-  params = exp_factory.get_exp_config(short_runs.EXPERIMENT)
-  params.override(short_runs.override(fx), is_strict=True)
-  return recipe.resolve(params)
+  return short_runs.resolved_params(fx)
 
 
 @pytest.fixture(scope='module')

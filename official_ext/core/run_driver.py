@@ -1,12 +1,15 @@
 """Runs one experiment: strategy, model_dir bookkeeping, Orbit train/eval loop.
 
-The loop itself is Model Garden's `train_lib.run_experiment` (an Orbit
-controller interleaving training and evaluation on every replica); this module
+The loop itself is Model Garden's experiment runner (an Orbit controller
+interleaving training and evaluation on every replica; see
+official_ext.core.experiment_runner for the multi-worker fixes); this module
 picks the tf.distribute strategy, protects an existing model_dir, writes
 params.yaml atomically and the operative gin config, and adds progress actions.
 """
 import functools
 import os
+import shutil
+import tempfile
 from typing import Any, Dict, Optional
 
 import tensorflow as tf
@@ -14,12 +17,12 @@ import yaml
 
 from official.common import distribute_utils
 from official.core import task_factory
-from official.core import train_lib
 from official.core import train_utils
 from official.modeling import hyperparams
 from official.modeling import performance
 
 from official_ext.core import config_overrides
+from official_ext.core import experiment_runner
 from official_ext.core import progress
 from official_ext.core import recipe
 from official_ext.core import run_hparams
@@ -182,29 +185,37 @@ def run(params, mode: str, model_dir: str, experiment: str = '') -> Dict:
   if precision in ('bfloat16', 'float16'):
     performance.set_mixed_precision_policy(precision)
 
-  with strategy.scope():
-    task = task_factory.get_task(params.task, logging_dir=model_dir)
-    trainer = train_utils.create_trainer(
-        params, task, train='train' in mode,
-        evaluate='eval' in mode,
-        checkpoint_exporter=train_utils.maybe_create_best_ckpt_exporter(
-            params, model_dir),
-        trainer_cls=functools.partial(timed_trainer.TimedTrainer,
-                                      time_to_accuracy=clock))
+  # A non-chief worker writes only to its own scratch directory.
+  scratch_dir = None if chief else tempfile.mkdtemp(prefix='official_ext_')
+  try:
+    with strategy.scope():
+      task = task_factory.get_task(params.task, logging_dir=model_dir)
+      trainer = train_utils.create_trainer(
+          params, task, train='train' in mode,
+          evaluate='eval' in mode,
+          checkpoint_exporter=train_utils.maybe_create_best_ckpt_exporter(
+              params, scratch_dir or model_dir),
+          trainer_cls=functools.partial(timed_trainer.TimedTrainer,
+                                        time_to_accuracy=clock))
 
-  reporter = progress.ProgressReporter(
-      trainer.global_step, params.trainer.train_steps,
-      params.task.train_data.global_batch_size,
-      recipe.steps_per_epoch(params))
-  print(f'{mode}: {strategy.num_replicas_in_sync} replicas '
-        f'({type(strategy).__name__}), {params.trainer.train_steps} steps, '
-        f'model_dir {model_dir} (tensorboard --logdir {model_dir})',
-        flush=True)
-  _, eval_logs = train_lib.run_experiment(
-      distribution_strategy=strategy, task=task, mode=mode, params=params,
-      model_dir=model_dir, trainer=trainer,
-      train_actions=[reporter.train_action],
-      eval_actions=[reporter.eval_action])
+    reporter = progress.ProgressReporter(
+        trainer.global_step, params.trainer.train_steps,
+        params.task.train_data.global_batch_size,
+        recipe.steps_per_epoch(params))
+    print(f'{mode}: {strategy.num_replicas_in_sync} replicas '
+          f'({type(strategy).__name__}), {params.trainer.train_steps} steps, '
+          f'model_dir {model_dir} (tensorboard --logdir {model_dir})',
+          flush=True)
+    runner = experiment_runner.ExperimentRunner(
+        distribution_strategy=strategy, task=task, mode=mode, params=params,
+        model_dir=model_dir, trainer=trainer, save_summary=chief,
+        train_actions=[reporter.train_action],
+        eval_actions=[reporter.eval_action],
+        worker_scratch_dir=scratch_dir)
+    _, eval_logs = runner.run()
+  finally:
+    if scratch_dir:
+      shutil.rmtree(scratch_dir, ignore_errors=True)
   if clock is not None:
     clock.finish(
         completed=int(trainer.global_step.numpy()) >= params.trainer.train_steps)

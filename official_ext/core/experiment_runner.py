@@ -1,0 +1,94 @@
+"""Model Garden's experiment runner, with non-chief workers kept out of model_dir.
+
+Under MultiWorkerMirroredStrategy every worker runs the same program on the
+same model_dir, and every worker must save when the chief saves (reading a
+synchronized variable is a collective). Model Garden's
+`train_lib.OrbitExperimentRunner` gets this half right: it sends a non-chief
+worker's regular checkpoints to a fresh temporary directory. But
+
+- the same manager is where that worker *restores* from, so a resumed
+  (preempted) run starts the chief from model_dir's checkpoint and the other
+  workers from scratch: different weights and step counts, which ends in a
+  hang or a collective error; an eval-only run evaluates random weights on the
+  non-chief workers' shards of the eval set;
+- `actions.get_eval_actions` points every worker's EMA checkpoint action at
+  model_dir/ema_checkpoints, and two workers saving one checkpoint prefix race
+  (one deletes the other's `_temp` shard: `MergeV2Checkpoints` NotFound).
+
+`ExperimentRunner` is the subclass Model Garden's runner documents for
+replacing components. Given a worker's scratch directory (None on the chief
+and single-process runs, which behave exactly as in Model Garden), it saves
+that worker's checkpoints and EMA checkpoints there, but restores from the
+chief's latest checkpoint in model_dir. The run driver also keeps those
+workers' TensorBoard events and best-checkpoint exports out of model_dir.
+"""
+import os
+from typing import Optional
+
+import tensorflow as tf
+
+from official.core import actions
+from official.core import train_lib
+
+
+class ExperimentRunner(train_lib.OrbitExperimentRunner):
+  """`OrbitExperimentRunner` whose non-chief workers write only to scratch.
+
+  Args:
+    *args, **kwargs: those of `train_lib.OrbitExperimentRunner`.
+    worker_scratch_dir: an existing directory private to this worker, for a
+      non-chief worker of a multi-worker job; None for the chief.
+  """
+
+  def __init__(self, *args, worker_scratch_dir: Optional[str] = None,
+               **kwargs):
+    # The base constructor builds the checkpoint manager and controller.
+    self._worker_scratch_dir = worker_scratch_dir
+    super().__init__(*args, **kwargs)
+
+  def _maybe_build_checkpoint_manager(
+      self) -> Optional[tf.train.CheckpointManager]:
+    if self._worker_scratch_dir is None or not self.trainer.checkpoint:
+      return super()._maybe_build_checkpoint_manager()
+    if 'train' in self._mode:
+      # Saves go to scratch; the state to start from is the chief's.
+      directory = os.path.join(self._worker_scratch_dir, 'checkpoints')
+      init_fn = self._restore_chief_checkpoint
+      max_to_keep = 1
+    else:
+      # An eval-only controller never saves: read model_dir like the chief.
+      directory = self.model_dir
+      init_fn = self.trainer.initialize
+      max_to_keep = self.params.trainer.max_to_keep
+    return tf.train.CheckpointManager(
+        self.trainer.checkpoint,
+        directory=directory,
+        max_to_keep=max_to_keep,
+        step_counter=self.trainer.global_step,
+        checkpoint_interval=self.params.trainer.checkpoint_interval,
+        init_fn=init_fn)
+
+  def _restore_chief_checkpoint(self) -> None:
+    """Restores model_dir's latest checkpoint, or initializes as the chief."""
+    latest = tf.train.latest_checkpoint(self.model_dir)
+    if latest:
+      self.trainer.checkpoint.restore(latest)
+    else:
+      self.trainer.initialize()
+
+  def _build_controller(self, *args, **kwargs):
+    controller = super()._build_controller(*args, **kwargs)
+    if self._worker_scratch_dir is not None:
+      controller.eval_actions = tuple(
+          self._ema_checkpoints_to_scratch(action)
+          for action in controller.eval_actions)
+    return controller
+
+  def _ema_checkpoints_to_scratch(self, action):
+    if not isinstance(action, actions.EMACheckpointing):
+      return action
+    return actions.EMACheckpointing(
+        export_dir=self._worker_scratch_dir,
+        optimizer=self.trainer.optimizer,
+        checkpoint=self.trainer.checkpoint,
+        max_to_keep=1)
