@@ -27,7 +27,7 @@ DIGITS_DEMO = recipe_builder.Recipe(
     steps_per_loop=10,
     num_cpu_replicas=4,
     precision='float32',
-    # ~700 steps in all: with the paper's 0.99 the moving BN statistics would
+    # ~340 steps in all: with the paper's 0.99 the moving BN statistics would
     # still be dominated by their initial values at the early evaluations.
     bn_momentum=0.9,
     # Digits are not mirror-symmetric and too small for aggressive crops.
