@@ -75,6 +75,11 @@ def test_non_chief_worker_resumes_from_model_dir_and_writes_only_scratch(
   worker = _runner(params, 'train_and_eval', model_dir, str(scratch))
   assert int(worker.trainer.global_step.numpy()) == CHIEF_STEPS
   np.testing.assert_array_equal(_first_kernel(worker).numpy(), chief_kernel)
+  # Like the chief's manager after its restore, the worker's counts the save
+  # interval from the restored step: no save is due there.
+  assert experiment_runner.saved_step(
+      tf.train.latest_checkpoint(model_dir)) == CHIEF_STEPS
+  assert worker.checkpoint_manager.save() is None
 
   # ...and its checkpoints, EMA ones included, go to scratch only.
   worker.run()

@@ -19,7 +19,8 @@ worker's regular checkpoints to a fresh temporary directory. But
 replacing components. Given a worker's scratch directory (None on the chief
 and single-process runs, which behave exactly as in Model Garden), it saves
 that worker's checkpoints and EMA checkpoints there, but restores from the
-chief's latest checkpoint in model_dir. The run driver also keeps those
+chief's latest checkpoint in model_dir and counts its save interval from that
+checkpoint's step, as the chief does. The run driver also keeps those
 workers' TensorBoard events and best-checkpoint exports out of model_dir.
 """
 import os
@@ -29,6 +30,17 @@ import tensorflow as tf
 
 from official.core import actions
 from official.core import train_lib
+
+
+def saved_step(checkpoint_path: str) -> int:
+  """The global step in a Model Garden trainer checkpoint.
+
+  Read from the file: restoring the trainer's distributed variables instead
+  would be a collective, out of step with the other workers.
+  """
+  # base_trainer.Trainer checkpoints its step as the attribute `global_step`.
+  reader = tf.train.load_checkpoint(checkpoint_path)
+  return int(reader.get_tensor('global_step/.ATTRIBUTES/VARIABLE_VALUE'))
 
 
 class ExperimentRunner(train_lib.OrbitExperimentRunner):
@@ -50,31 +62,42 @@ class ExperimentRunner(train_lib.OrbitExperimentRunner):
       self) -> Optional[tf.train.CheckpointManager]:
     if self._worker_scratch_dir is None or not self.trainer.checkpoint:
       return super()._maybe_build_checkpoint_manager()
-    if 'train' in self._mode:
-      # Saves go to scratch; the state to start from is the chief's.
-      directory = os.path.join(self._worker_scratch_dir, 'checkpoints')
-      init_fn = self._restore_chief_checkpoint
-      max_to_keep = 1
-    else:
+    if 'train' not in self._mode:
       # An eval-only controller never saves: read model_dir like the chief.
-      directory = self.model_dir
-      init_fn = self.trainer.initialize
-      max_to_keep = self.params.trainer.max_to_keep
+      return tf.train.CheckpointManager(
+          self.trainer.checkpoint,
+          directory=self.model_dir,
+          max_to_keep=self.params.trainer.max_to_keep,
+          step_counter=self.trainer.global_step,
+          checkpoint_interval=self.params.trainer.checkpoint_interval,
+          init_fn=self.trainer.initialize)
+    latest = tf.train.latest_checkpoint(self.model_dir)
     return tf.train.CheckpointManager(
         self.trainer.checkpoint,
-        directory=directory,
-        max_to_keep=max_to_keep,
+        directory=os.path.join(self._worker_scratch_dir, 'checkpoints'),
+        max_to_keep=1,
         step_counter=self.trainer.global_step,
         checkpoint_interval=self.params.trainer.checkpoint_interval,
-        init_fn=init_fn)
+        # The chief's manager counts its save interval from the step it
+        # restores; so must this one, or the workers would save (a
+        # collective) at different steps and hang.
+        last_checkpoint_step=saved_step(latest) if latest else None,
+        # Called when scratch holds no checkpoint of this worker's: by the
+        # controller where the chief restores (the order of collectives must
+        # match), or by a recovery action.
+        init_fn=self._restore_chief_checkpoint)
 
   def _restore_chief_checkpoint(self) -> None:
     """Restores model_dir's latest checkpoint, or initializes as the chief."""
     latest = tf.train.latest_checkpoint(self.model_dir)
-    if latest:
-      self.trainer.checkpoint.restore(latest)
-    else:
+    if latest is None:
       self.trainer.initialize()
+      return
+    self.trainer.checkpoint.restore(latest)
+    # Orbit goes on to print "initialized model." (this worker's own
+    # directory holds no checkpoint): say what was restored.
+    print(f'restored model from {latest} (the chief\'s checkpoint).',
+          flush=True)
 
   def _build_controller(self, *args, **kwargs):
     controller = super()._build_controller(*args, **kwargs)
