@@ -38,7 +38,7 @@ def short_run_dirs(tmp_path_factory):
   dirs = {'fixture': fixture}
   for name, lr_per_256 in (('lr2', 2.0), ('lr1', 1.0)):
     model_dir = root / name
-    result = runs.train(model_dir, fixture, {'trainer': {'optimizer_config': {
+    result = runs.launch(model_dir, fixture, {'trainer': {'optimizer_config': {
         'learning_rate': {'scaled_polynomial': {'lr_per_256': lr_per_256}}}}})
     assert result.returncode == 0, result.stderr[-3000:]
     dirs[name] = str(model_dir)

@@ -56,14 +56,15 @@ def resolved_params(fixture, extra=None):
   return recipe.resolve(params)
 
 
-def train(model_dir, fixture, extra=None, timeout=900):
-  """Runs train.py --mode=train_and_eval; returns the CompletedProcess."""
+def launch(model_dir, fixture, extra=None, timeout=900,
+           mode='train_and_eval'):
+  """Runs train.py --mode=`mode`; returns the CompletedProcess."""
   override_file = str(model_dir) + '.override.yaml'
   with open(override_file, 'w') as f:
     yaml.safe_dump(override(fixture, extra), f)
   return subprocess.run(
       [sys.executable, os.path.join(ROOT, 'train.py'),
-       f'--experiment={EXPERIMENT}', '--mode=train_and_eval',
+       f'--experiment={EXPERIMENT}', f'--mode={mode}',
        f'--model_dir={model_dir}', f'--params_override={override_file}'],
       capture_output=True, text=True, timeout=timeout, cwd=ROOT,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))

@@ -114,13 +114,7 @@ def test_two_workers_train_and_evaluate_in_one_model_dir(tmp_path):
   # statistics; a checkpoint holds their mean.)
   outputs = run_two_workers(model_dir, override, 'eval')
   assert all(restored in out for out in outputs), outputs
-  single = subprocess.run(
-      [sys.executable, os.path.join(short_runs.ROOT, 'train.py'),
-       f'--experiment={short_runs.EXPERIMENT}', f'--model_dir={model_dir}',
-       f'--params_override={single_process_override(tmp_path, fixture)}',
-       '--mode=eval'],
-      capture_output=True, text=True, timeout=900, cwd=short_runs.ROOT,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  single = short_runs.launch(model_dir, fixture, mode='eval')
   assert single.returncode == 0, single.stderr[-3000:]
   (expected,) = eval_lines(single.stdout)
   assert expected[0] == str(short_runs.TRAIN_STEPS)
@@ -130,9 +124,3 @@ def test_two_workers_train_and_evaluate_in_one_model_dir(tmp_path):
     assert float(top1) == pytest.approx(float(expected[1]), abs=1e-4)
     assert float(loss) == pytest.approx(float(expected[2]), rel=1e-4)
 
-
-def single_process_override(tmp_path, fixture):
-  """The short runs' override: one process, 2 CPU replicas."""
-  path = tmp_path / 'single_process.yaml'
-  path.write_text(yaml.safe_dump(short_runs.override(fixture)))
-  return path

@@ -174,7 +174,7 @@ def test_restart_from_an_earlier_checkpoint_carries_the_clock_on(
     f.write('model_checkpoint_path: "ckpt-2"\n'
             'all_model_checkpoint_paths: "ckpt-2"\n')
 
-  result = short_runs.train(model_dir, short_run_dirs['fixture'])
+  result = short_runs.launch(model_dir, short_run_dirs['fixture'])
   assert result.returncode == 0, result.stderr[-3000:]
   after = load_summary(model_dir)
   check_consistent(after)

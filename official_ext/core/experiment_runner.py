@@ -64,20 +64,12 @@ class ExperimentRunner(train_lib.OrbitExperimentRunner):
       return super()._maybe_build_checkpoint_manager()
     if 'train' not in self._mode:
       # An eval-only controller never saves: read model_dir like the chief.
-      return tf.train.CheckpointManager(
-          self.trainer.checkpoint,
-          directory=self.model_dir,
-          max_to_keep=self.params.trainer.max_to_keep,
-          step_counter=self.trainer.global_step,
-          checkpoint_interval=self.params.trainer.checkpoint_interval,
+      return self._checkpoint_manager_in(
+          self.model_dir, max_to_keep=self.params.trainer.max_to_keep,
           init_fn=self.trainer.initialize)
     latest = tf.train.latest_checkpoint(self.model_dir)
-    return tf.train.CheckpointManager(
-        self.trainer.checkpoint,
-        directory=os.path.join(self._worker_scratch_dir, 'checkpoints'),
-        max_to_keep=1,
-        step_counter=self.trainer.global_step,
-        checkpoint_interval=self.params.trainer.checkpoint_interval,
+    return self._checkpoint_manager_in(
+        os.path.join(self._worker_scratch_dir, 'checkpoints'), max_to_keep=1,
         # The chief's manager counts its save interval from the step it
         # restores; so must this one, or the workers would save (a
         # collective) at different steps and hang.
@@ -86,6 +78,13 @@ class ExperimentRunner(train_lib.OrbitExperimentRunner):
         # controller where the chief restores (the order of collectives must
         # match), or by a recovery action.
         init_fn=self._restore_chief_checkpoint)
+
+  def _checkpoint_manager_in(self, directory: str, **kwargs):
+    """A manager of the trainer's checkpoint, with the trainer's interval."""
+    return tf.train.CheckpointManager(
+        self.trainer.checkpoint, directory=directory,
+        step_counter=self.trainer.global_step,
+        checkpoint_interval=self.params.trainer.checkpoint_interval, **kwargs)
 
   def _restore_chief_checkpoint(self) -> None:
     """Restores model_dir's latest checkpoint, or initializes as the chief."""
