@@ -24,6 +24,7 @@ import experiments  # pylint: disable=unused-import  (registers experiments)
 from official_ext.core import config_overrides
 from official_ext.core import experiment_list
 from official_ext.core import run_driver
+from official_ext.core import tpu_slice
 from official_ext.dataloaders import classification_input
 
 MODES = ('train', 'eval', 'train_and_eval', 'continuous_eval')
@@ -64,12 +65,16 @@ def main(argv):
         params_override=FLAGS.params_override)
     model_dir = FLAGS.model_dir or os.path.join('runs', FLAGS.experiment)
     run_driver.check_inputs(params, FLAGS.mode)
-    run_driver.check_model_dir(model_dir, params, FLAGS.mode)
   except config_overrides.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   try:
     run_driver.run(params, FLAGS.mode, model_dir, experiment=FLAGS.experiment)
+  except (config_overrides.ConfigError, tpu_slice.TpuUnavailableError) as e:
+    # The live replicas or the model_dir do not fit the params: found before
+    # anything was built or written.
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   except Exception as e:  # pylint: disable=broad-except
     # Bad input data met during the run (a corrupt record with
     # on_bad_record='fail', no usable record in a full pass over the data, an

@@ -38,9 +38,15 @@ class Recipe:
   ema_decay: Optional[float] = 0.9999
   label_smoothing: float = 0.1
   weight_decay: float = 1e-5
+  # Replicas sharing BN statistics: a rule of
+  # official_ext.modeling.layers.bn_group_rules, resolved for the replicas.
+  bn_group_rule: str = 'fixed'
   bn_group_size: int = 1
+  bn_batch_size: int = 0
   bn_momentum: float = 0.99
-  tpu_cores: int = 0                      # the Table 2 slice, if any
+  # The TPU slice of the row, if any: the experiment then runs under
+  # TPUStrategy on a slice of exactly this many cores.
+  tpu_cores: int = 0
   num_cpu_replicas: int = 0
   # The paper: bfloat16 convolutions, float32 elsewhere (TPU); CPU runs use
   # float32 (bfloat16 is slower on CPU).
@@ -134,7 +140,9 @@ def build_experiment(r: Recipe) -> exp_cfg.ExperimentConfig:
                           r.stochastic_depth_drop_rate))),
               dropout_rate=dropout,
               norm_activation=exp_cfg.NormActivation(
+                  bn_group_rule=r.bn_group_rule,
                   bn_group_size=r.bn_group_size,
+                  bn_batch_size=r.bn_batch_size,
                   norm_momentum=r.bn_momentum)),
           train_data=data(True),
           validation_data=data(False),
@@ -147,6 +155,7 @@ def build_experiment(r: Recipe) -> exp_cfg.ExperimentConfig:
           steps_per_loop=r.steps_per_loop,
           summary_interval=r.steps_per_loop),
       runtime=exp_cfg.RuntimeConfig(
+          distribution_strategy='tpu' if r.tpu_cores else 'mirrored',
           num_cpu_replicas=r.num_cpu_replicas, tpu_cores=r.tpu_cores,
           mixed_precision_dtype=r.precision),
       restrictions=['task.train_data.is_training != None',

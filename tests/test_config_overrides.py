@@ -55,8 +55,8 @@ def test_precedence_chain(yaml_file, gin_file):
                      gin_params=['train_data.global_batch_size = 512'])) == 512
   params = parse(config_files=[config], gin_files=[gin1],
                  gin_params=['train_data.global_batch_size = 512'],
-                 params_override='task.train_data.global_batch_size=256')
-  assert batch(params) == 256
+                 params_override='task.train_data.global_batch_size=8192')
+  assert batch(params) == 8192
 
 
 def test_gin_sets_nested_fields_and_rescales_derived_values():
@@ -64,6 +64,8 @@ def test_gin_sets_nested_fields_and_rescales_derived_values():
       'task.train_data.global_batch_size = 1024',
       'scaled_polynomial.lr_per_256 = 0.5',
       'scaled_polynomial.warmup_epochs = 7',
+      "task.model.norm_activation.bn_group_rule = 'fixed'",
+      'task.model.norm_activation.bn_batch_size = 0',
       'task.model.norm_activation.bn_group_size = 4',
       'runtime.num_cpu_replicas = 8',
       "runtime.mixed_precision_dtype = 'bfloat16'",
@@ -142,30 +144,130 @@ def test_precision_modes_resolve_the_backbone_conv_dtype():
     parse(params_override='runtime.mixed_precision_dtype=bf16')
 
 
+FIXED = ('task.model.norm_activation.bn_group_rule=fixed,'
+         'task.model.norm_activation.bn_batch_size=0,')
+
+
 @pytest.mark.parametrize('override, fragment', [
-    ('runtime.num_cpu_replicas=8,task.model.norm_activation.bn_group_size=3',
-     'does not divide'),
-    ('runtime.num_cpu_replicas=8,task.model.norm_activation.bn_group_size=16',
-     'bn_group_size=16'),
-    ('task.model.norm_activation.bn_batch_size=4096', 'replica count'),
-    ('runtime.num_cpu_replicas=8,task.model.norm_activation.bn_batch_size=3000',
-     'bn_batch_size'),
+    (FIXED + 'runtime.num_cpu_replicas=8,'
+     'task.model.norm_activation.bn_group_size=3', 'does not divide'),
+    (FIXED + 'runtime.num_cpu_replicas=8,'
+     'task.model.norm_activation.bn_group_size=16', 'bn_group_size=16'),
+    ('runtime.num_cpu_replicas=8,task.model.norm_activation.bn_group_rule='
+     'fixed,task.model.norm_activation.bn_batch_size=3000',
+     'bn_batch_size=3000 is not a multiple of the per-replica batch 2048'),
+    ('runtime.num_cpu_replicas=12,task.train_data.global_batch_size=12288,'
+     'task.validation_data.global_batch_size=12288,'
+     'task.model.norm_activation.bn_group_rule=tpu_batch_norm',
+     'groups of 8 replicas, which do not divide the 12 replicas'),
+    ('task.model.norm_activation.bn_group_rule=sync',
+     "bn_group_rule='sync'; use one of 'fixed', 'distributed_batch_norm', "
+     "'tpu_batch_norm'"),
+    ('task.model.norm_activation.bn_group_layout=rows',
+     "bn_group_layout='rows'; use one of 'auto', 'contiguous', 'tiles'"),
+    ('task.model.norm_activation.bn_group_size=8',
+     'bn_group_size=8, which is derived .*bn_group_rule'),
+    ('runtime.num_cpu_replicas=8,task.model.norm_activation.bn_group_layout='
+     'tiles', "layout 'tiles' .*needs a 2-D chip mesh"),
+    ('runtime.tpu_cores=1000', 'not divisible by the 1000 replicas'),
+    # Tiles are made of whole chips (2 cores each on TPU-v3).
+    ('runtime.tpu_cores=24,runtime.device_mesh=[6,2],'
+     'task.train_data.global_batch_size=2400,'
+     'task.validation_data.global_batch_size=2400,' + FIXED +
+     'task.model.norm_activation.bn_group_size=3,'
+     'task.model.norm_activation.bn_group_layout=tiles',
+     'group_size=3 is not a multiple of cores_per_chip=2'),
 ])
 def test_impossible_bn_groups_fail_at_config_time(override, fragment):
-  with pytest.raises(ConfigError, match=fragment):
+  with pytest.raises(ConfigError, match=fragment) as e:
     parse(params_override=override)
+  assert '\n' not in str(e.value)
 
 
 def test_bn_batch_size_sets_group_size_and_mesh_is_checked():
   # 16384 over 8 replicas = 2048 per replica; BN batch 8192 = 4 replicas.
-  params = parse(params_override='runtime.num_cpu_replicas=8,'
-                 'task.model.norm_activation.bn_batch_size=8192')
+  params = parse(params_override=FIXED.replace('bn_batch_size=0', 'bn_batch_'
+                                               'size=8192') +
+                 'runtime.num_cpu_replicas=8')
   assert params.task.model.norm_activation.bn_group_size == 4
-  params = parse(gin_files=[TPU_1024_GIN], gin_params=[
-      'task.model.norm_activation.bn_group_size = 64',
+  fixed_64 = ["task.model.norm_activation.bn_group_rule = 'fixed'",
+              'task.model.norm_activation.bn_batch_size = 0',
+              'task.model.norm_activation.bn_group_size = 64']
+  params = parse(gin_files=[TPU_1024_GIN], gin_params=fixed_64 + [
       'runtime.device_mesh = [32, 16]'])
   assert params.task.model.norm_activation.device_mesh == [32, 16]
   with pytest.raises(ConfigError, match='960 cores'):
-    parse(gin_files=[TPU_1024_GIN], gin_params=[
-        'task.model.norm_activation.bn_group_size = 64',
+    parse(gin_files=[TPU_1024_GIN], gin_params=fixed_64 + [
         'runtime.device_mesh = [30, 16]'])
+
+
+def test_reference_bn_rules_follow_the_replica_count():
+  norm = lambda p: p.task.model.norm_activation
+  # LARS rows (DistributedBatchNormalization, BN batch 128): all replicas up
+  # to 8, then 128 / per-replica batch.
+  assert norm(parse()).bn_group_size == 4  # 16384 on 512 cores: 32 each.
+  for replicas, group in ((2, 2), (8, 8)):
+    assert norm(parse(params_override=(
+        f'runtime.num_cpu_replicas={replicas}'))).bn_group_size == group
+  assert norm(parse(params_override=(
+      'runtime.tpu_cores=256'))).bn_group_size == 2  # 64 per core.
+  # RMSProp rows (TpuBatchNormalization): local up to 8, then
+  # max(8, replicas // 8).
+  rmsprop = lambda **kw: norm(config_overrides.parse_configuration(
+      'effnet_b5_rmsprop_4k', **kw)).bn_group_size
+  assert rmsprop() == 16
+  assert rmsprop(params_override='runtime.num_cpu_replicas=8') == 1
+  assert rmsprop(params_override='runtime.tpu_cores=32') == 8
+  assert rmsprop(params_override='runtime.tpu_cores=1024') == 128
+  # Unknown until the strategy exists (multi-worker): resolved at run time.
+  deferred = parse(params_override=(
+      'runtime.distribution_strategy=multi_worker_mirrored'))
+  assert norm(deferred).bn_group_size == 0
+  resolved = config_overrides.resolve_for_replicas(deferred, 8)
+  assert norm(resolved).bn_group_size == 8  # Up to 8: all replicas.
+  resolved = config_overrides.resolve_for_replicas(deferred, 16)
+  assert norm(resolved).bn_group_size == 1  # 1024 per replica > 128.
+  assert resolved._locked and norm(deferred).bn_group_size == 0  # pylint: disable=protected-access
+
+
+def test_live_tpu_slice_must_match_tpu_cores():
+  params = parse(gin_files=[TPU_1024_GIN])
+  assert config_overrides.resolve_for_replicas(params, 1024, tpu=True) is (
+      params)
+  with pytest.raises(ConfigError) as e:
+    config_overrides.resolve_for_replicas(params, 512, tpu=True)
+  message = str(e.value)
+  assert '512 cores' in message and 'runtime.tpu_cores=1024' in message
+  assert '--params_override=runtime.tpu_cores=512' in message
+  assert '64 per core' in message
+  # Accepting the new slice: per-core batch and BN groups follow 512 cores.
+  on_512 = parse(gin_files=[TPU_1024_GIN],
+                 params_override='runtime.tpu_cores=512')
+  assert config_overrides.resolve_for_replicas(on_512, 512, tpu=True) is on_512
+  assert on_512.task.model.norm_activation.bn_group_size == 2
+  # tpu_cores=0: any slice, resolved for its cores.
+  anywhere = parse(gin_files=[TPU_1024_GIN],
+                   params_override='runtime.tpu_cores=0')
+  assert config_overrides.resolve_for_replicas(
+      anywhere, 256, tpu=True).task.model.norm_activation.bn_group_size == 1
+
+
+def test_several_experiments_in_one_process():
+  """Experiments whose config trees differ (digits: no augmentation node;
+  B5: RandAugment), resolved in turn in one process, with gin bindings."""
+  names = ['effnet_b0_digits', 'effnet_b5_lars_65k', 'effnet_b2_rmsprop_4k',
+           'effnet_b5_rmsprop_8k', 'effnet_b0_digits', 'effnet_b5_lars_65k']
+  for name in names:
+    gin_params = ['task.train_data.global_batch_size = 2048']
+    if name.startswith('effnet_b5'):
+      gin_params.append('task.train_data.aug_type.randaug.magnitude = 9')
+    params = config_overrides.parse_configuration(name, gin_params=gin_params)
+    assert params.task.train_data.global_batch_size == 2048
+    if name.startswith('effnet_b5'):
+      assert params.task.train_data.aug_type.randaug.magnitude == 9
+  # A binding of a section this experiment lacks is refused, not ignored.
+  with pytest.raises(ConfigError, match='aug_type') as e:
+    config_overrides.parse_configuration(
+        'effnet_b0_digits',
+        gin_params=['task.train_data.aug_type.randaug.magnitude = 9'])
+  assert '\n' not in str(e.value)

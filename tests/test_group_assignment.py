@@ -4,9 +4,16 @@ import pytest
 from official_ext.modeling.layers import group_assignment as ga
 
 # (cores, chip mesh) of TPU-v3 slices with 2 cores per chip.
-SLICES = [(1024, (32, 16)), (2048, (32, 32))]
-# Documented tiles (cores per group -> chips), MLPerf TPU code.
+SLICES = [(1024, (16, 32)), (1024, (32, 16)), (2048, (32, 32))]
+# Documented tiles (cores per group -> (short, long) side in chips), MLPerf
+# TPU code; the long side lies along the axis numbered fastest.
 DOCUMENTED_TILES = {8: (2, 2), 16: (2, 4), 32: (4, 4), 64: (4, 8)}
+
+
+def tile_along_x(group_size):
+  """The documented tile as (tx, ty) when replica ids advance along x."""
+  short, long = DOCUMENTED_TILES[group_size]
+  return long, short
 
 
 def default_coordinates(mesh_x, cores_per_chip=2):
@@ -61,21 +68,31 @@ def test_large_slices(num_cores, mesh, group_size):
   if group_size <= 16:
     assert assignment == ga.contiguous_groups(num_cores, group_size)
   else:
-    assert_tiles(assignment, coords, DOCUMENTED_TILES[group_size], mesh)
+    assert_tiles(assignment, coords, tile_along_x(group_size), mesh)
   # The 2-D tiling itself, for every documented size.
-  tiled = ga.tiled_groups(mesh, 2, group_size)
-  assert_partition(tiled, num_cores, group_size)
-  assert_tiles(tiled, coords, DOCUMENTED_TILES[group_size], mesh)
+  for tiled in (ga.tiled_groups(mesh, 2, group_size),
+                ga.group_assignment(num_cores, group_size, mesh, 2,
+                                    layout='tiles')):
+    assert_partition(tiled, num_cores, group_size)
+    assert_tiles(tiled, coords, tile_along_x(group_size), mesh)
+  assert ga.group_assignment(num_cores, group_size, mesh, 2,
+                             layout='contiguous') == ga.contiguous_groups(
+                                 num_cores, group_size)
 
 
 def test_tile_shapes():
-  for mesh in [(32, 16), (32, 32)]:
-    for cores, tile in DOCUMENTED_TILES.items():
-      assert ga.tile_shape(mesh, cores // 2) == tile
-  # Generalisation: most square tile that tiles the mesh evenly.
+  for mesh in [(16, 32), (32, 16), (32, 32)]:
+    for cores, (short, long) in DOCUMENTED_TILES.items():
+      assert ga.tile_shape(mesh, cores // 2) == (long, short)
+      assert ga.tile_shape(mesh, cores // 2, fast_axis=1) == (short, long)
+  # Generalisation: most square tile that tiles the mesh evenly, long side
+  # along the fast axis where it fits.
   assert ga.tile_shape((4, 2), 4) == (2, 2)
   assert ga.tile_shape((8, 2), 8) == (4, 2)
+  assert ga.tile_shape((2, 8), 8) == (2, 4)  # (4, 2) does not fit x = 2.
   assert ga.tile_shape((16, 16), 64) == (8, 8)
+  assert ga.tile_shape((4, 4), 1) == (1, 1)
+  assert ga.tile_shape((4, 4), 2) == (2, 1)
 
 
 def test_tile_ring_is_a_physical_ring():
@@ -102,12 +119,12 @@ def test_16_cores_by_hand():
   # Groups of 8 are contiguous by default (<= 16) ...
   assert ga.group_assignment(16, 8, mesh) == [
       [0, 1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15]]
-  # ... and 2x2-chip tiles with a lower threshold, ring (0,0) (0,1) (1,1)
+  # ... and 2x2-chip tiles with layout 'tiles', ring (0,0) (0,1) (1,1)
   # (1,0) within each tile.
-  assert ga.group_assignment(16, 8, mesh, tiling_threshold=4) == [
+  assert ga.group_assignment(16, 8, mesh, layout='tiles') == [
       [0, 1, 8, 9, 10, 11, 2, 3], [4, 5, 12, 13, 14, 15, 6, 7]]
   # The whole mesh as one ring of 4x2 chips.
-  assert ga.group_assignment(16, 16, mesh, tiling_threshold=4) == [
+  assert ga.group_assignment(16, 16, mesh, layout='tiles') == [
       [0, 1, 8, 9, 10, 11, 12, 13, 14, 15, 6, 7, 4, 5, 2, 3]]
 
 
@@ -119,7 +136,7 @@ def test_16_cores_with_replica_coordinates():
             for x in range(4) for y in range(2) for c in range(2)}
   expected = [[0, 1, 2, 3, 6, 7, 4, 5], [8, 9, 10, 11, 14, 15, 12, 13]]
   assert ga.group_assignment(16, 8, (4, 2), 2, coords,
-                             tiling_threshold=4) == expected
+                             layout='tiles') == expected
   assert ga.tiled_groups((4, 2), 2, 8, coords.__getitem__) == expected
   # Contiguous groups ignore the coordinates (the reference code).
   assert ga.group_assignment(16, 4, (4, 2), 2, coords)[0] == [0, 1, 2, 3]
@@ -160,8 +177,12 @@ def test_group_size_from_bn_batch():
      'num_replicas=16'),
     (lambda: ga.group_assignment(16, 4, None, 2, {0: (0, 0, 0)}),
      'replica_coordinates needs mesh_shape'),
-    (lambda: ga.group_assignment(6, 3, (3, 1), 2, tiling_threshold=2),
+    (lambda: ga.group_assignment(6, 3, (3, 1), 2, layout='tiles'),
      'group_size=3 is not a multiple of cores_per_chip=2'),
+    (lambda: ga.group_assignment(16, 4, layout='tiles'),
+     "layout 'tiles' .* needs a 2-D chip mesh"),
+    (lambda: ga.group_assignment(16, 4, layout='rows'),
+     "bn_group_layout='rows'; use one of 'auto', 'contiguous', 'tiles'"),
     (lambda: ga.tile_shape((6, 2), 5),
      'no rectangular tile of 5 chips tiles the 6x2 chip mesh evenly'),
     (lambda: ga.tiled_groups((4, 2), 2, 16, tile=(8, 1)),

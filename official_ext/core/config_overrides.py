@@ -32,6 +32,7 @@ from official.modeling.hyperparams import base_config
 
 from official_ext.core import experiment_list
 from official_ext.core import recipe
+from official_ext.core import tpu_slice
 
 GIN_ROOT_MODULE = 'experiment'
 
@@ -42,6 +43,8 @@ class ConfigError(ValueError):
 
 # Registered gin configurables: path -> (field names, callable).
 _GIN_NODES: Dict[str, Any] = {}
+# The paths of the experiment parsed last; other registered paths are stale.
+_CURRENT_PATHS: set = set()
 
 
 def _leaf_fields(node: base_config.Config):
@@ -69,18 +72,29 @@ def _make_node_fn(fields):
 
 
 def register_gin_nodes(params: base_config.Config) -> None:
-  """Makes each config node of `params` a gin configurable (once per path)."""
+  """Makes each config node of `params` a gin configurable named by its path.
+
+  A path registered earlier (by another experiment class in this process)
+  with other fields is registered again with this experiment's fields, so
+  any sequence of experiments resolves in one process.
+  """
+  _CURRENT_PATHS.clear()
   for path, node in _config_nodes(params):
     fields = tuple(_leaf_fields(node))
-    if path in _GIN_NODES:
-      if _GIN_NODES[path][0] != fields:
-        raise ConfigError(
-            f'gin node {path!r} is already registered with other fields; '
-            'run one experiment class per process')
+    _CURRENT_PATHS.add(path)
+    if path in _GIN_NODES and _GIN_NODES[path][0] == fields:
       continue
     module, _, name = f'{GIN_ROOT_MODULE}.{path}'.rpartition('.')
-    configurable = gin.external_configurable(
-        _make_node_fn(fields), name=name, module=module)
+    if path in _GIN_NODES:
+      # Gin refuses a second configurable of one name outside its
+      # interactive mode, which exists to allow exactly this.
+      gin.enter_interactive_mode()
+    try:
+      configurable = gin.external_configurable(
+          _make_node_fn(fields), name=name, module=module)
+    finally:
+      if path in _GIN_NODES:
+        gin.exit_interactive_mode()
     _GIN_NODES[path] = (fields, configurable)
 
 
@@ -91,6 +105,10 @@ def gin_overrides() -> Dict[str, Any]:
     bound = configurable()
     if not bound:
       continue
+    if path not in _CURRENT_PATHS:
+      raise ConfigError(
+          f'gin binds {path}.{sorted(bound)[0]}, but this experiment has no '
+          f'{path!r} section')
     target = nested
     for name in path.split('.'):
       target = target.setdefault(name, {})
@@ -109,10 +127,10 @@ def _apply(params, override, source: str):
 
 def _check_derived_untouched(params, before: Dict[str, Any], source: str):
   for name, value in recipe.derived_values(params).items():
-    if value != before[name]:
+    if name in before and value != before[name]:
       raise ConfigError(
           f'{source} sets {name}={value!r}, which is derived from the recipe; '
-          f'override {recipe.DERIVED_FIELDS[name]} instead')
+          f'override {recipe.derived_field_source(name)} instead')
 
 
 def get_experiment(name: str):
@@ -139,9 +157,10 @@ def parse_configuration(experiment: str,
     params = _apply(params, path, f'--config_file={path}')
     _check_derived_untouched(params, before, f'--config_file={path}')
 
-  register_gin_nodes(params)
-  # Each parse starts from an empty gin config, as a fresh process does.
+  # Each parse starts from an empty, unlocked gin config, as a fresh process
+  # does (parsing locks it).
   gin.clear_config()
+  register_gin_nodes(params)
   if gin_files or gin_params:
     try:
       gin.parse_config_files_and_bindings(
@@ -172,3 +191,30 @@ def parse_configuration(experiment: str,
   if lock:
     params.lock()
   return params
+
+
+def resolve_for_replicas(params, num_replicas: int, tpu: bool = False):
+  """`params` resolved for the live replica count of the run's strategy.
+
+  Batch-derived fields (the BN groups of `bn_group_rule`) follow the live
+  count; returns `params` itself when it was resolved for that count, else a
+  resolved, locked copy. With `tpu`, the live slice must have
+  `runtime.tpu_cores` cores (when set): a different slice would silently
+  change the per-core batch and the BN groups.
+  """
+  if tpu:
+    mismatch = tpu_slice.check_cores(
+        num_replicas, params.runtime.tpu_cores,
+        params.task.train_data.global_batch_size)
+    if mismatch:
+      raise ConfigError(mismatch)
+  if recipe.expected_replicas(params) == num_replicas:
+    return params
+  resolved = params.replace()
+  try:
+    recipe.resolve(resolved, num_replicas=num_replicas)
+    resolved.validate()
+  except (ValueError, KeyError, AssertionError) as e:
+    raise ConfigError(f'on {num_replicas} replicas: {e}') from e
+  resolved.lock()
+  return resolved

@@ -8,6 +8,8 @@ from typing import Callable, Iterable, List, Tuple
 
 from official.core import exp_factory
 
+from official_ext.core import recipe
+from official_ext.modeling.layers import group_assignment
 from official_ext.modeling.optimization import lr_schedule
 
 _PROJECT_EXPERIMENTS: List[str] = []
@@ -22,8 +24,36 @@ def project_experiments() -> Tuple[str, ...]:
   return tuple(_PROJECT_EXPERIMENTS)
 
 
-COLUMNS = ('experiment', 'model', 'global_batch', 'optimizer', 'lr_per_256',
-           'schedule', 'warmup_epochs')
+COLUMNS = ('experiment', 'model', 'replicas', 'global_batch', 'optimizer',
+           'lr_per_256', 'schedule', 'warmup_epochs', 'bn_groups', 'bn_batch')
+
+
+def _replicas(params) -> str:
+  replicas = recipe.expected_replicas(params)
+  if replicas is None:
+    return 'any'
+  rt = params.runtime
+  if rt.num_cpu_replicas > 0:
+    return f'{replicas} CPU'
+  return f'{replicas} TPU' if rt.distribution_strategy == 'tpu' else str(
+      replicas)
+
+
+def _bn_columns(params):
+  """(BN group size, BN batch) as the experiment resolves them."""
+  norm = params.task.model.norm_activation
+  replicas = recipe.expected_replicas(params)
+  if norm.bn_group_size < 1 or replicas is None:
+    return f'run time ({norm.bn_group_rule})', '-'
+  groups = str(norm.bn_group_size)
+  if norm.bn_group_size > 1 and norm.bn_group_size == replicas:
+    groups += ' (all)'
+  elif group_assignment.uses_tiles(
+      norm.bn_group_layout, norm.bn_group_size,
+      has_mesh=recipe.chip_mesh(params, replicas) is not None):
+    groups += ' (tiles)'
+  per_replica = params.task.train_data.global_batch_size // replicas
+  return groups, str(norm.bn_group_size * per_replica)
 
 
 def describe(name: str) -> List[str]:
@@ -45,14 +75,18 @@ def describe(name: str) -> List[str]:
   scaled = (lr_schedule.scaled_learning_rate(
       lr_per_256, params.task.train_data.global_batch_size)
             if lr_per_256 is not None else None)
+  bn_groups, bn_batch = _bn_columns(params)
   return [
       name,
       f'efficientnet-{model_id} {model.input_size[0]}px',
+      _replicas(params),
       str(params.task.train_data.global_batch_size),
       optimizer,
       '-' if lr_per_256 is None else f'{lr_per_256:g} (peak {scaled:.4g})',
       decay,
       str(getattr(schedule, 'warmup_epochs', '-')),
+      bn_groups,
+      bn_batch,
   ]
 
 

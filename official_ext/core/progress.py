@@ -44,6 +44,7 @@ class ProgressReporter:
     self._global_batch_size = global_batch_size
     self._steps_per_epoch = steps_per_epoch
     self._stream = stream
+    self.last_eval: Dict[str, Any] = {}  # The outputs of the last evaluation.
 
   def _print(self, line: str) -> None:
     print(line, file=self._stream, flush=True)
@@ -70,6 +71,7 @@ class ProgressReporter:
 
   def eval_action(self, output: Optional[Dict[str, Any]]) -> None:
     output = output or {}
+    self.last_eval = dict(output)
     step = int(self._global_step.numpy())
     parts = [f'eval at step {step}',
              f'epoch {step / self._steps_per_epoch:.2f}']

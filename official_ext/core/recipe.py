@@ -8,8 +8,9 @@ Derived fields are owned by this module: setting one by hand is an error
 (see `DERIVED_FIELDS`), since it would silently disagree with the recipe.
 """
 import math
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
+from official_ext.modeling.layers import bn_group_rules
 from official_ext.modeling.layers import group_assignment
 from official_ext.modeling.optimization import configs as opt_configs
 from official_ext.vision.configs import image_classification as exp_cfg
@@ -34,6 +35,12 @@ for _schedule in opt_configs.SCALED_SCHEDULES:
             'trainer.train_epochs')
 
 
+BN_GROUP_SIZE = 'task.model.norm_activation.bn_group_size'
+BN_GROUP_SIZE_SOURCE = (
+    'task.model.norm_activation.bn_group_rule / bn_batch_size (set '
+    "bn_group_rule='fixed' and bn_batch_size=0 to choose bn_group_size)")
+
+
 def get_field(params, dotted: str):
   node = params
   for name in dotted.split('.'):
@@ -42,7 +49,16 @@ def get_field(params, dotted: str):
 
 
 def derived_values(params) -> Dict[str, object]:
-  return {name: get_field(params, name) for name in DERIVED_FIELDS}
+  values = {name: get_field(params, name) for name in DERIVED_FIELDS}
+  norm = params.task.model.norm_activation
+  if bn_group_rules.is_derived(norm.bn_group_rule, norm.bn_batch_size):
+    values[BN_GROUP_SIZE] = norm.bn_group_size
+  return values
+
+
+def derived_field_source(name: str) -> str:
+  """The recipe field(s) to override instead of derived field `name`."""
+  return BN_GROUP_SIZE_SOURCE if name == BN_GROUP_SIZE else DERIVED_FIELDS[name]
 
 
 def steps_per_epoch(params) -> float:
@@ -62,48 +78,75 @@ def expected_replicas(params) -> Optional[int]:
   return None
 
 
-def _resolve_bn_groups(params) -> None:
-  """bn_batch_size -> bn_group_size; validates the groups when possible."""
+def chip_mesh(params, num_replicas: int) -> Optional[Tuple[int, int]]:
+  """The 2-D chip mesh BN tiles are checked against at config time.
+
+  runtime.device_mesh if set; under the TPU strategy, the standard TPU-v3
+  slice of that many cores; else none (CPU and GPU hosts have no chip mesh).
+  """
+  rt = params.runtime
+  if rt.device_mesh:
+    return tuple(rt.device_mesh)
+  if rt.distribution_strategy == 'tpu' and rt.num_cpu_replicas <= 0:
+    return group_assignment.TPU_V3_CHIP_MESH.get(num_replicas)
+  return None
+
+
+def _resolve_bn_groups(params, num_replicas: Optional[int]) -> None:
+  """bn_group_rule -> bn_group_size for the replicas; checks the groups."""
   norm, rt = params.task.model.norm_activation, params.runtime
+  field = 'task.model.norm_activation'
   norm.device_mesh = list(rt.device_mesh)
   norm.cores_per_chip = rt.cores_per_chip
-  replicas = expected_replicas(params)
-  if norm.bn_batch_size > 0:
-    if replicas is None:
-      raise ValueError(
-          f'task.model.norm_activation.bn_batch_size={norm.bn_batch_size} '
-          'needs a known replica count (runtime.num_cpu_replicas, tpu_cores '
-          'with the tpu strategy, or num_gpus); or set bn_group_size')
-    per_replica, remainder = divmod(params.task.train_data.global_batch_size,
-                                    replicas)
-    if remainder:
-      raise ValueError(
-          f'task.train_data.global_batch_size='
-          f'{params.task.train_data.global_batch_size} does not split over '
-          f'{replicas} replicas')
+  try:
+    bn_group_rules.check_rule(norm.bn_group_rule)
+    group_assignment.check_layout(norm.bn_group_layout)
+  except ValueError as e:
+    raise ValueError(f'{field}.{e}') from None
+  derived = bn_group_rules.is_derived(norm.bn_group_rule, norm.bn_batch_size)
+  if derived:
+    if num_replicas is None:
+      norm.bn_group_size = 0  # Resolved by the run driver for the live count.
+      return
     try:
-      norm.bn_group_size = group_assignment.group_size_from_bn_batch(
-          norm.bn_batch_size, per_replica)
+      per_replica = bn_group_rules.per_replica(
+          params.task.train_data.global_batch_size, num_replicas)
+      norm.bn_group_size = bn_group_rules.group_size(
+          norm.bn_group_rule, num_replicas, per_replica,
+          bn_batch_size=norm.bn_batch_size)
     except ValueError as e:
-      raise ValueError(f'task.model.norm_activation.bn_batch_size: {e}') from e
-  if norm.bn_group_size < 1:
+      raise ValueError(
+          f'{field}.bn_group_rule={norm.bn_group_rule!r} with bn_batch_size='
+          f'{norm.bn_batch_size} on {num_replicas} replicas: {e}') from None
+  elif norm.bn_group_size < 1:
     raise ValueError(
-        f'task.model.norm_activation.bn_group_size={norm.bn_group_size} must '
-        'be >= 1')
-  if replicas is not None and (norm.bn_group_size > 1 or rt.device_mesh):
-    try:
-      group_assignment.group_assignment(
-          replicas, norm.bn_group_size,
-          mesh_shape=tuple(rt.device_mesh) or None,
-          cores_per_chip=rt.cores_per_chip)
-    except ValueError as e:
-      raise ValueError(
-          f'task.model.norm_activation.bn_group_size={norm.bn_group_size} '
-          f'with runtime.device_mesh={list(rt.device_mesh)}: {e}') from e
+        f'{field}.bn_group_size={norm.bn_group_size} must be >= 1')
+  if num_replicas is None or (norm.bn_group_size == 1 and not rt.device_mesh):
+    return
+  mesh = chip_mesh(params, num_replicas)
+  if (mesh is None and rt.distribution_strategy == 'tpu'
+      and rt.num_cpu_replicas <= 0):
+    return  # A non-standard slice: its device assignment decides at run time.
+  try:
+    group_assignment.group_assignment(
+        num_replicas, norm.bn_group_size, mesh_shape=mesh,
+        cores_per_chip=rt.cores_per_chip, layout=norm.bn_group_layout)
+  except ValueError as e:
+    where = (f'runtime.device_mesh={list(rt.device_mesh)}' if rt.device_mesh
+             else f'the {"x".join(map(str, mesh))} chip mesh of '
+             f'{num_replicas} TPU-v3 cores' if mesh
+             else f'{num_replicas} replicas')
+    raise ValueError(
+        f'{field}.bn_group_size={norm.bn_group_size} with bn_group_layout='
+        f'{norm.bn_group_layout!r} on {where}: {e}') from None
 
 
-def resolve(params):
-  """Fills the derived fields of `params` (unlocked) in place and returns it."""
+def resolve(params, num_replicas: Optional[int] = None):
+  """Fills the derived fields of `params` (unlocked) in place and returns it.
+
+  `num_replicas`: the live replica count, once the strategy exists; default
+  the count the runtime config implies (`expected_replicas`), if any.
+  """
   train, evaluation = params.task.train_data, params.task.validation_data
   trainer = params.trainer
   for name, value in (('task.train_data.num_examples', train.num_examples),
@@ -130,7 +173,7 @@ def resolve(params):
     backbone.paper_efficientnet.conv_dtype = (
         'bfloat16' if precision == 'conv_bfloat16' else '')
 
-  _resolve_bn_groups(params)
+  _resolve_bn_groups(params, num_replicas or expected_replicas(params))
 
   per_epoch = steps_per_epoch(params)
   train_steps = max(1, int(trainer.train_epochs * per_epoch))

@@ -10,7 +10,7 @@ import functools
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import tensorflow as tf
 import yaml
@@ -29,6 +29,7 @@ from official_ext.core import run_hparams
 from official_ext.core import runtime
 from official_ext.core import time_to_accuracy as tta
 from official_ext.core import timed_trainer
+from official_ext.core import tpu_slice
 from official_ext.dataloaders import classification_input
 from official_ext import tasks  # pylint: disable=unused-import (registers)
 
@@ -129,16 +130,33 @@ def write_params(params, model_dir: str) -> None:
   tf.io.gfile.rename(temp, final, overwrite=True)
 
 
-def build_strategy(params) -> tf.distribute.Strategy:
+def build_strategy(params) -> Tuple[tf.distribute.Strategy, Any]:
+  """The run's strategy, and `params` resolved for its live replica count.
+
+  N logical CPU replicas (`runtime.num_cpu_replicas`), a TPU slice (checked
+  against `runtime.tpu_cores`, with an explicit device assignment for the BN
+  groups), or Model Garden's strategy for `runtime.distribution_strategy`.
+  Raises ConfigError (or tpu_slice.TpuUnavailableError) before anything is
+  built when the params do not fit the replicas.
+  """
   rt = params.runtime
   if rt.num_cpu_replicas > 0:
     runtime.configure_logical_cpus(rt.num_cpu_replicas)
-    return runtime.mirrored_cpu_strategy(rt.num_cpu_replicas)
-  return distribute_utils.get_distribution_strategy(
-      distribution_strategy=rt.distribution_strategy,
-      all_reduce_alg=rt.all_reduce_alg,
-      num_gpus=rt.num_gpus,
-      tpu_address=rt.tpu)
+    strategy = runtime.mirrored_cpu_strategy(rt.num_cpu_replicas)
+  elif rt.distribution_strategy == 'tpu':
+    resolver, topology = tpu_slice.connect(rt.tpu)
+    cores = tpu_slice.num_cores(topology)
+    # Before the strategy: the slice must be the one the params are for.
+    params = config_overrides.resolve_for_replicas(params, cores, tpu=True)
+    strategy = tpu_slice.build_strategy(resolver, topology)
+  else:
+    strategy = distribute_utils.get_distribution_strategy(
+        distribution_strategy=rt.distribution_strategy,
+        all_reduce_alg=rt.all_reduce_alg,
+        num_gpus=rt.num_gpus,
+        tpu_address=rt.tpu)
+  return strategy, config_overrides.resolve_for_replicas(
+      params, strategy.num_replicas_in_sync)
 
 
 def _time_to_accuracy(params, experiment: str, num_replicas: int,
@@ -165,12 +183,17 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def run(params, mode: str, model_dir: str, experiment: str = '') -> Dict:
-  """Trains and/or evaluates `params` in `model_dir`; returns the eval logs.
+  """Trains and/or evaluates `params` in `model_dir`.
+
+  Returns the outputs of the last evaluation ({} if there was none).
 
   Training modes also keep the time-to-accuracy record (summary.json) and
   write TensorBoard HParams data; an eval-only mode leaves both untouched.
+  Raises ConfigError before writing anything when the params do not fit the
+  replicas or the model_dir.
   """
-  strategy = build_strategy(params)
+  strategy, params = build_strategy(params)
+  check_model_dir(model_dir, params, mode)
   chief = is_chief(strategy)
   clock: Optional[tta.TimeToAccuracy] = None
   if 'train' in mode:
@@ -222,4 +245,5 @@ def run(params, mode: str, model_dir: str, experiment: str = '') -> Dict:
     reporter.report_time_to_accuracy(clock.record)
   if chief:
     train_utils.save_gin_config(mode, model_dir)
-  return eval_logs
+  # Model Garden's runner returns eval logs only with run_post_eval.
+  return eval_logs or reporter.last_eval

@@ -14,7 +14,10 @@
     (Orbit writes them to TensorBoard and hands them to the actions);
   - elapsed seconds, epoch, peak top-1 and time to peak in every eval's
     outputs (TensorBoard validation scalars), and summary.json after every
-    evaluation.
+    evaluation;
+  - one set of BN moving statistics and EMA shadows on every replica after
+    each train loop (`official_ext.core.replica_statistics`), so that each
+    evaluation and each checkpoint sees the same model.
 """
 import time
 from typing import Optional
@@ -24,6 +27,7 @@ import tensorflow as tf
 from official.core import base_trainer
 from official.modeling import optimization
 
+from official_ext.core import replica_statistics
 from official_ext.core import time_to_accuracy as tta
 
 _ZERO_STEPS = 0
@@ -51,6 +55,8 @@ class TimedTrainer(base_trainer.Trainer):
         0.0, dtype=tf.float32, trainable=False, name='time_to_accuracy_s',
         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     self.checkpoint.time_to_accuracy_s = self.elapsed_variable
+    self.sync_replica_statistics = replica_statistics.ReplicaStatisticsSync(
+        self.strategy, self.model, self.optimizer)
 
   # -- Building the functions, then starting the clock ----------------------
 
@@ -60,7 +66,7 @@ class TimedTrainer(base_trainer.Trainer):
     try:
       zero = tf.constant(_ZERO_STEPS, tf.int32)
       if self._can_train:
-        super().train(zero)
+        super().train(zero)  # Its train_loop_end traces the statistics sync.
       # A Python eval loop would trace its step only at the first real step.
       if self._can_evaluate and self.config.trainer.eval_tf_while_loop:
         super().evaluate(zero)
@@ -96,6 +102,8 @@ class TimedTrainer(base_trainer.Trainer):
 
   def train_loop_end(self):
     logs = super().train_loop_end()  # Reads the metrics: the loop is done.
+    # Before the controller saves a checkpoint or evaluates.
+    self.sync_replica_statistics()
     steps = int(self.global_step.numpy()) - self._loop_start_step
     seconds = time.monotonic() - self._loop_start
     if self._building or steps <= 0 or seconds <= 0:

@@ -464,28 +464,59 @@ def bn_group_assignment(norm_activation_config: hyperparams.Config,
                         ) -> Optional[List[List[int]]]:
   """Replica groups for grouped BN under `strategy` (None: local BN).
 
-  Groups of up to 16 replicas are contiguous; larger ones are 2-D tiles of
-  the chip mesh: from the TPU topology under TPUStrategy, else from
-  `norm_activation.device_mesh` (derived from runtime.device_mesh).
+  Under TPUStrategy the groups come from the device assignment it was built
+  with (official_ext.core.tpu_slice); see `replica_groups`.
   """
-  from official_ext.modeling.layers import group_assignment as ga  # pylint: disable=g-import-not-at-top
-  group_size = int(getattr(norm_activation_config, 'bn_group_size', 1) or 1)
+  from official_ext.core import tpu_slice  # pylint: disable=g-import-not-at-top
   strategy = strategy or tf.distribute.get_strategy()
-  num_replicas = strategy.num_replicas_in_sync
-  if group_size == 1 or num_replicas == 1:
+  on_tpu = tpu_slice.is_tpu_strategy(strategy)
+  return replica_groups(
+      norm_activation_config, strategy.num_replicas_in_sync,
+      device_assignment=tpu_slice.device_assignment(strategy) if on_tpu
+      else None, on_tpu=on_tpu)
+
+
+def replica_groups(norm_activation_config: hyperparams.Config,
+                   num_replicas: int,
+                   device_assignment=None,
+                   on_tpu: bool = False) -> Optional[List[List[int]]]:
+  """The BN groups of `norm_activation` on `num_replicas` replicas.
+
+  The groups of `bn_group_layout` ('auto': contiguous up to 16 replicas per
+  group, 2-D chip tiles past 16): from the TPU `device_assignment` when
+  given, else from `norm_activation.device_mesh` (derived from
+  runtime.device_mesh). None means local BN.
+  """
+  # Imported here so this module does not depend on it at import time.
+  from official_ext.modeling.layers import group_assignment as ga  # pylint: disable=g-import-not-at-top
+  group_size = int(getattr(norm_activation_config, 'bn_group_size', 1))
+  layout = getattr(norm_activation_config, 'bn_group_layout', 'auto')
+  if num_replicas == 1:
     return None
+  if group_size < 1:
+    raise ValueError(
+        f'norm_activation.bn_group_size={group_size} is not resolved for the '
+        f'{num_replicas} replicas (bn_group_rule='
+        f'{getattr(norm_activation_config, "bn_group_rule", "fixed")!r}); '
+        'resolve the params with official_ext.core.recipe.resolve(params, '
+        'num_replicas=...) first')
+  if group_size == 1:
+    return None
+  if device_assignment is not None:
+    return ga.group_assignment_from_device_assignment(
+        device_assignment, group_size, layout)
+  if on_tpu:
+    if ga.uses_tiles(layout, group_size):
+      raise ValueError(
+          f'bn_group_layout={layout!r} with groups of {group_size} needs the '
+          "TPUStrategy's device assignment: build the strategy with "
+          'official_ext.core.tpu_slice.build_strategy')
+    return ga.contiguous_groups(num_replicas, group_size)
   mesh = tuple(getattr(norm_activation_config, 'device_mesh', ()) or ()) or None
-  cores_per_chip = int(getattr(norm_activation_config, 'cores_per_chip', 2))
-  coordinates = None
-  if (group_size > 16 and
-      isinstance(strategy, (tf.distribute.TPUStrategy,
-                            tf.distribute.experimental.TPUStrategy))):
-    layout = ga.tpu_replica_coordinates(strategy)
-    mesh, cores_per_chip = layout.mesh_shape, layout.cores_per_chip
-    coordinates = layout.coordinates
-  return ga.group_assignment(num_replicas, group_size, mesh_shape=mesh,
-                             cores_per_chip=cores_per_chip,
-                             replica_coordinates=coordinates)
+  return ga.group_assignment(
+      num_replicas, group_size, mesh_shape=mesh,
+      cores_per_chip=int(getattr(norm_activation_config, 'cores_per_chip', 2)),
+      layout=layout)
 
 
 def make_norm_layer_factory(
@@ -493,16 +524,18 @@ def make_norm_layer_factory(
   """Chooses the normalization layer from a NormActivation config.
 
   `bn_group_size` > 1 (official_ext's NormActivation): grouped batch norm
-  whose statistics are shared by groups of that many replicas (contiguous, or
-  2-D mesh tiles past 16 replicas; see `bn_group_assignment`); otherwise
+  whose statistics are shared by groups of that many replicas (the groups of
+  `bn_group_layout`; see `bn_group_assignment`); otherwise
   `use_sync_bn`: tf_keras synchronized BN over all replicas; otherwise plain
   per-replica BN.
   """
-  group_size = int(getattr(norm_activation_config, 'bn_group_size', 1) or 1)
+  # Checks the groups fit the strategy's replicas (and that the group size is
+  # resolved) even where no group forms.
+  assignment = bn_group_assignment(norm_activation_config)
+  group_size = int(getattr(norm_activation_config, 'bn_group_size', 1))
   if group_size > 1:
     # Imported here so this module does not depend on it at import time.
     from official_ext.modeling.layers import grouped_batch_norm  # pylint: disable=g-import-not-at-top
-    assignment = bn_group_assignment(norm_activation_config)
 
     def grouped(**kwargs):
       return grouped_batch_norm.GroupedBatchNormalization(

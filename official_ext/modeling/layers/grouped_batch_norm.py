@@ -34,7 +34,7 @@ Cross-replica sum of the group:
 * No strategy, one replica or group_size 1: plain per-replica BN (the fused
   kernel is allowed when group_size is 1).
 """
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import tensorflow as tf
 # The grouped TPU all-reduce; its gradient is registered there too.
@@ -44,30 +44,70 @@ import tf_keras
 from official_ext.modeling.layers import group_assignment as ga
 
 
+GroupSum = Callable[[tf.Tensor], tf.Tensor]
+
+
 def _is_tpu_strategy(strategy) -> bool:
   return isinstance(strategy, (tf.distribute.TPUStrategy,
                                tf.distribute.experimental.TPUStrategy))
 
 
-def _group_sum_all_reduce(local: tf.Tensor, replica_ctx,
-                          assignment: List[List[int]]) -> tf.Tensor:
-  """Grouped sum of `local` over a replica context's all-reduce."""
-  table = tf.constant(ga.replica_to_group(assignment), tf.int32)
-  group = tf.gather(table, replica_ctx.replica_id_in_sync_group)
-  one_hot = tf.reshape(tf.one_hot(group, len(assignment), dtype=local.dtype),
-                       [-1] + [1] * local.shape.rank)
+def tpu_group_sum(assignment: List[List[int]]) -> GroupSum:
+  """The TPU branch: the native grouped `cross_replica_sum`.
 
-  def grouped_sum(t):
-    # StopGradient: all_reduce's own custom_gradient must not walk the graph.
-    slots = one_hot * tf.stop_gradient(t)[tf.newaxis]
-    total = replica_ctx.all_reduce(tf.distribute.ReduceOp.SUM, slots)
-    return tf.gather(total, group)
-
-  @tf.custom_gradient
+  Its gradient (the same grouped sum) is registered by TensorFlow.
+  """
   def group_sum(t):
-    return grouped_sum(t), grouped_sum
+    return tpu_ops.cross_replica_sum(t, assignment)
+  return group_sum
 
-  return group_sum(local)
+
+def all_reduce_group_sum(replica_ctx,
+                         assignment: List[List[int]]) -> GroupSum:
+  """Grouped sum over a replica context's all-reduce (Mirrored, MWMS)."""
+  table = tf.constant(ga.replica_to_group(assignment), tf.int32)
+
+  def group_sum(local):
+    group = tf.gather(table, replica_ctx.replica_id_in_sync_group)
+    one_hot = tf.reshape(
+        tf.one_hot(group, len(assignment), dtype=local.dtype),
+        [-1] + [1] * local.shape.rank)
+
+    def grouped_sum(t):
+      # StopGradient: all_reduce's own custom_gradient must not walk the
+      # graph.
+      slots = one_hot * tf.stop_gradient(t)[tf.newaxis]
+      total = replica_ctx.all_reduce(tf.distribute.ReduceOp.SUM, slots)
+      return tf.gather(total, group)
+
+    @tf.custom_gradient
+    def differentiable_group_sum(t):
+      return grouped_sum(t), grouped_sum
+
+    return differentiable_group_sum(local)
+  return group_sum
+
+
+def grouped_moments(x: tf.Tensor, axes: Sequence[int], group_size: int,
+                    group_sum: GroupSum, keep_dims: bool = False):
+  """Mean and variance of `x` over `axes` and over the replicas of a group.
+
+  Per replica, E[x] and E[x^2] in float32; `group_sum` adds them over the
+  group; var = E[x^2] - E[x]^2 (the reference code's formula). Returns
+  (mean, variance) in x's dtype.
+  """
+  with tf.name_scope('grouped_moments'):
+    x32 = tf.cast(x, tf.float32)
+    local = tf.stack([tf.reduce_mean(x32, axes, keepdims=True),
+                      tf.reduce_mean(tf.square(x32), axes, keepdims=True)])
+    total = group_sum(local)
+    group_mean = total[0] / group_size
+    group_mean_sq = total[1] / group_size
+    variance = tf.maximum(group_mean_sq - tf.square(group_mean), 0.0)
+    if not keep_dims:
+      group_mean = tf.squeeze(group_mean, axes)
+      variance = tf.squeeze(variance, axes)
+    return tf.cast(group_mean, x.dtype), tf.cast(variance, x.dtype)
 
 
 class GroupedBatchNormalization(tf_keras.layers.BatchNormalization):
@@ -154,21 +194,11 @@ class GroupedBatchNormalization(tf_keras.layers.BatchNormalization):
       raise ValueError(f'{self.name}: masks are not supported with '
                        f'group_size={self.group_size}')
 
-    with tf.name_scope('grouped_moments'):
-      x32 = tf.cast(x, tf.float32)
-      local = tf.stack([tf.reduce_mean(x32, axes, keepdims=True),
-                        tf.reduce_mean(tf.square(x32), axes, keepdims=True)])
-      if _is_tpu_strategy(replica_ctx.strategy):
-        total = tpu_ops.cross_replica_sum(local, assignment)
-      else:
-        total = _group_sum_all_reduce(local, replica_ctx, assignment)
-      group_mean = total[0] / self.group_size
-      group_mean_sq = total[1] / self.group_size
-      variance = tf.maximum(group_mean_sq - tf.square(group_mean), 0.0)
-      if not keep_dims:
-        group_mean = tf.squeeze(group_mean, axes)
-        variance = tf.squeeze(variance, axes)
-      return tf.cast(group_mean, x.dtype), tf.cast(variance, x.dtype)
+    if _is_tpu_strategy(replica_ctx.strategy):
+      group_sum = tpu_group_sum(assignment)
+    else:
+      group_sum = all_reduce_group_sum(replica_ctx, assignment)
+    return grouped_moments(x, axes, self.group_size, group_sum, keep_dims)
 
   def get_config(self):
     config = super().get_config()

@@ -59,20 +59,34 @@ class DataConfig(mg_ic.DataConfig):
 class NormActivation(common.NormActivation):
   """Norm/activation settings.
 
-  bn_group_size: replicas whose batch-norm statistics are reduced together
-    (1 = local BN, all replicas = fully synchronized).
-  bn_batch_size: alternatively, the BN batch (per-replica batch x group
-    size), as the reference code's `batch_norm_batch_size` flag; if > 0 it
-    sets bn_group_size (needs a known replica count).
-  device_mesh, cores_per_chip: derived from the runtime config; groups of more
-    than 16 replicas are 2-D tiles of this chip mesh.
+  bn_group_rule: how many replicas reduce batch-norm statistics together
+    (official_ext.modeling.layers.bn_group_rules): 'fixed' (bn_group_size or
+    bn_batch_size, as given), 'distributed_batch_norm' (the reference's LARS
+    runs: all replicas up to 8, else BN batch bn_batch_size, default 128) or
+    'tpu_batch_norm' (its RMSProp runs: per-replica up to 8, else
+    max(8, replicas // 8)).
+  bn_group_size: replicas per BN group (1 = local BN, all replicas = fully
+    synchronized). Derived from the replica count unless the rule is 'fixed'
+    and bn_batch_size is 0; 0 means "not resolved yet" (the replica count is
+    known only at run time, e.g. MultiWorkerMirroredStrategy).
+  bn_batch_size: the BN batch (per-replica batch x group size), as the
+    reference code's `batch_norm_batch_size` flag; with 'fixed', if > 0 it
+    sets bn_group_size.
+  bn_group_layout: which replicas form a group
+    (official_ext.modeling.layers.group_assignment): 'auto' (contiguous ids
+    up to 16 replicas per group, 2-D chip tiles past 16 on a TPU slice),
+    'contiguous', or 'tiles' (MLPerf's chip tiles at every size).
+  device_mesh, cores_per_chip: derived from the runtime config; the chip
+    mesh for tiles outside TPUStrategy (which reads its device assignment).
   """
   activation: str = 'swish'
   use_sync_bn: bool = False
   norm_momentum: float = 0.99
   norm_epsilon: float = 1e-3
+  bn_group_rule: str = 'fixed'
   bn_group_size: int = 1
   bn_batch_size: int = 0
+  bn_group_layout: str = 'auto'
   device_mesh: List[int] = dataclasses.field(default_factory=list)
   cores_per_chip: int = 2
 
@@ -138,11 +152,15 @@ class RuntimeConfig(cfg.RuntimeConfig):
     convolutions in bfloat16, everything else float32); 'float16'.
   num_cpu_replicas: if > 0, split the host CPU into this many logical devices
     and train with MirroredStrategy over them (N replicas on one CPU host).
-  tpu_cores: TPU-v3 cores of the slice the experiment was measured on
-    (Table 2); under TPUStrategy a different replica count is reported.
+  tpu_cores: TPU cores of the slice the experiment runs on (Table 2's for
+    the paper rows); under TPUStrategy the live slice must have exactly this
+    many cores (or tpu_cores is 0: any slice); batch-derived fields and BN
+    groups are resolved for it.
   device_mesh: [chips along x, chips along y] of the device mesh, for 2-D
-    tiled BN groups outside TPUStrategy (which reads its own topology), e.g.
-    [32, 16] for 1024 TPU-v3 cores.
+    tiled BN groups outside TPUStrategy (which reads its device assignment;
+    config resolution checks TPU groups against the standard TPU-v3 slice
+    meshes), e.g. [16, 32] for 1024 TPU-v3 cores; replica ids advance along
+    x fastest.
   cores_per_chip: cores (replicas) per chip of that mesh; 2 on TPU-v3.
   """
   num_cpu_replicas: int = 0
