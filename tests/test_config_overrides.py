@@ -169,3 +169,14 @@ def test_bn_batch_size_sets_group_size_and_mesh_is_checked():
     parse(gin_files=[TPU_1024_GIN], gin_params=[
         'task.model.norm_activation.bn_group_size = 64',
         'runtime.device_mesh = [30, 16]'])
+
+
+def test_both_weight_decay_settings_fail_at_config_time():
+  """The task's L2 term and Model Garden's l2_weight_decay would add up."""
+  with pytest.raises(ConfigError, match=(
+      r'task\.losses\.weight_decay=1e-05 and '
+      r'task\.losses\.l2_weight_decay=0\.0001 are both set')):
+    parse(params_override='task.losses.l2_weight_decay=1e-4')
+  only_model_garden = parse(params_override=(
+      'task.losses.weight_decay=0,task.losses.l2_weight_decay=1e-4'))
+  assert only_model_garden.task.losses.l2_weight_decay == 1e-4
