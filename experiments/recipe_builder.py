@@ -22,7 +22,7 @@ class Recipe:
   """Everything that distinguishes one experiment from another."""
   model_id: str                      # 'b0' .. 'b7'
   global_batch_size: int
-  optimizer: str                     # 'lars' (the paper's) or 'rmsprop'
+  optimizer: str                     # 'lars' or 'rmsprop' (the reference's)
   lr_per_256: float
   warmup_epochs: float
   train_epochs: float = 350.0
@@ -61,6 +61,9 @@ class Recipe:
   # RandAugment of the reference code (2 layers, cutout 40, translate 100)
   # at this magnitude; None: no RandAugment.
   randaug_magnitude: Optional[float] = None
+  # AutoAugment policy of the reference code ('v0', cutout 100, translate
+  # 250: Model Garden's defaults); None: no AutoAugment.
+  autoaugment_policy: Optional[str] = None
 
   @property
   def schedule(self) -> str:
@@ -77,9 +80,10 @@ def _optimization(r: Recipe) -> opt_configs.OptimizationConfig:
             lr_per_256=r.lr_per_256, warmup_epochs=r.warmup_epochs,
             power=2.0, end_learning_rate=r.end_learning_rate))
   elif r.optimizer == 'rmsprop':
+    # TF1's RMSPropOptimizer(decay=0.9, momentum=0.9, epsilon=0.001).
     optimizer = opt_configs.OptimizerConfig(
-        type='rmsprop',
-        rmsprop=optimizer_config.RMSPropConfig(
+        type='paper_rmsprop',
+        paper_rmsprop=opt_configs.PaperRMSPropConfig(
             rho=0.9, momentum=0.9, epsilon=0.001))
     learning_rate = opt_configs.LrConfig(
         type='scaled_exponential',
@@ -98,9 +102,21 @@ def _optimization(r: Recipe) -> opt_configs.OptimizationConfig:
       optimizer=optimizer, learning_rate=learning_rate, ema=ema)
 
 
-def _augmentation(r: Recipe) -> Optional[common.Augmentation]:
+def _augmentation(r: Recipe) -> common.Augmentation:
+  """The training augmentation; type None when the recipe has none.
+
+  Always a config (never None), so every experiment's train_data has the same
+  fields for gin and overrides (`task.train_data.aug_type.type = 'randaug'`).
+  """
+  if r.autoaugment_policy is not None:
+    if r.randaug_magnitude is not None:
+      raise ValueError('a recipe takes AutoAugment or RandAugment, not both')
+    return common.Augmentation(
+        type='autoaug',
+        autoaug=common.AutoAugment(augmentation_name=r.autoaugment_policy,
+                                   cutout_const=100, translate_const=250))
   if r.randaug_magnitude is None:
-    return None
+    return common.Augmentation()
   return common.Augmentation(
       type='randaug',
       randaug=common.RandAugment(num_layers=2, magnitude=r.randaug_magnitude,

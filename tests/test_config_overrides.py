@@ -265,9 +265,31 @@ def test_several_experiments_in_one_process():
     assert params.task.train_data.global_batch_size == 2048
     if name.startswith('effnet_b5'):
       assert params.task.train_data.aug_type.randaug.magnitude == 9
-  # A binding of a section this experiment lacks is refused, not ignored.
-  with pytest.raises(ConfigError, match='aug_type') as e:
+
+
+def test_gin_binding_of_a_section_only_another_experiment_has_is_refused():
+  from official.core import exp_factory  # pylint: disable=g-import-not-at-top
+  from official.vision.configs import image_classification as mg_ic  # pylint: disable=g-import-not-at-top,unused-import
+  other = exp_factory.get_exp_config('resnet_imagenet')
+  ours = exp_factory.get_exp_config('effnet_b0_digits')
+  paths = lambda p: {path for path, _ in config_overrides._config_nodes(p)}  # pylint: disable=protected-access
+  only_other = sorted(paths(other) - paths(ours))
+  assert only_other
+  config_overrides.register_gin_nodes(other)
+  field = config_overrides._leaf_fields(  # pylint: disable=protected-access
+      config_overrides.recipe.get_field(other, only_other[0]))[0]
+  with pytest.raises(ConfigError, match=only_other[0]) as e:
     config_overrides.parse_configuration(
-        'effnet_b0_digits',
-        gin_params=['task.train_data.aug_type.randaug.magnitude = 9'])
+        'effnet_b0_digits', gin_params=[f'{only_other[0]}.{field} = 1'])
   assert '\n' not in str(e.value)
+
+
+def test_both_weight_decay_settings_fail_at_config_time():
+  """The task's L2 term and Model Garden's l2_weight_decay would add up."""
+  with pytest.raises(ConfigError, match=(
+      r'task\.losses\.weight_decay=1e-05 and '
+      r'task\.losses\.l2_weight_decay=0\.0001 are both set')):
+    parse(params_override='task.losses.l2_weight_decay=1e-4')
+  only_model_garden = parse(params_override=(
+      'task.losses.weight_decay=0,task.losses.l2_weight_decay=1e-4'))
+  assert only_model_garden.task.losses.l2_weight_decay == 1e-4

@@ -6,7 +6,9 @@ import experiments
 from experiments import paper_table2
 from official.core import exp_factory
 from official.core import task_factory
+from official_ext.modeling.optimization import ema
 from official_ext.modeling.optimization import lars
+from official_ext.modeling.optimization import rmsprop
 
 
 def test_table2_names_and_count():
@@ -44,11 +46,28 @@ def test_row_fields(row):
     assert (opt.optimizer.paper_lars.momentum, opt.optimizer.paper_lars.eeta,
             opt.optimizer.paper_lars.weight_decay) == (0.9, 0.001, 1e-5)
   else:
-    rms = opt.optimizer.rmsprop
-    assert opt.optimizer.type == 'rmsprop'
+    rms = opt.optimizer.paper_rmsprop
+    assert opt.optimizer.type == 'paper_rmsprop'
     assert (rms.rho, rms.momentum, rms.epsilon) == (0.9, 0.9, 0.001)
     assert opt.learning_rate.type == 'scaled_exponential'
     assert (lr.decay_rate, lr.decay_epochs, lr.staircase) == (0.97, 2.4, True)
+
+
+@pytest.mark.parametrize('row', paper_table2.TABLE_2, ids=lambda r: r.name)
+def test_augmentation_per_model(row):
+  """B2: AutoAugment 'v0' (README 80.1%); B5: RandAugment 2 x 17 (83.7%)."""
+  params = exp_factory.get_exp_config(row.name)
+  aug = params.task.train_data.aug_type
+  assert params.task.validation_data.aug_type is None
+  if row.model_id == 'b2':
+    assert aug.type == 'autoaug'
+    assert (aug.autoaug.augmentation_name, aug.autoaug.cutout_const,
+            aug.autoaug.translate_const) == ('v0', 100, 250)
+  else:
+    assert aug.type == 'randaug'
+    assert (aug.randaug.num_layers, aug.randaug.magnitude,
+            aug.randaug.cutout_const, aug.randaug.translate_const) == (
+                2, 17, 40, 100)
 
 
 def test_b5_lars_65k_resolves_to_the_paper_row():
@@ -71,9 +90,10 @@ def test_builds_model_and_optimizer_at_tiny_size(name):
   assert model.output_shape[-1] == params.task.model.num_classes
   optimizer = task.create_optimizer(params.trainer.optimizer_config,
                                     params.runtime)
-  inner = getattr(optimizer, '_optimizer', optimizer)  # EMA wrapper
+  assert isinstance(optimizer, ema.PaperExponentialMovingAverage)
+  inner = optimizer._optimizer  # pylint: disable=protected-access
   expected = {'paper_lars': lars.PaperLARS,
-              'rmsprop': tf_keras.optimizers.legacy.RMSprop}[
+              'paper_rmsprop': rmsprop.PaperRMSProp}[
                   params.trainer.optimizer_config.optimizer.type]
   assert isinstance(inner, expected)
   peak = optimizer.learning_rate(

@@ -1,6 +1,7 @@
 """The scaled schedules against the closed formulas, for every Table 2 row."""
 import math
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -13,6 +14,15 @@ from official_ext.modeling.optimization import lr_schedule
 IMAGENET_TRAIN = 1281167
 
 
+def reference_poly(step, scaled, warmup, total, end=0.1, power=2.0):
+  """The reference's `poly` branch (utils.build_learning_rate), in NumPy:
+  tf.train.polynomial_decay(scaled, max(1, step - warmup),
+  total - warmup + 1, end, power) after warmup."""
+  decay_steps = total - warmup + 1
+  global_step = np.minimum(np.maximum(1, step - warmup), decay_steps)
+  return (scaled - end) * (1.0 - global_step / decay_steps) ** power + end
+
+
 def reference_lr(row, step):
   """The reference code's schedule, written out independently."""
   scaled = row.lr_per_256 * row.global_batch_size / 256.0
@@ -22,9 +32,7 @@ def reference_lr(row, step):
   if step < warmup:
     return scaled * step / warmup
   if row.optimizer == 'lars':
-    decay_steps = total - warmup
-    progress = min(step - warmup, decay_steps) / decay_steps
-    return (scaled - 0.1) * (1.0 - progress) ** 2 + 0.1
+    return reference_poly(step, scaled, warmup, total)
   return scaled * 0.97 ** math.floor(step / (2.4 * steps_per_epoch))
 
 
@@ -38,8 +46,10 @@ def test_schedule_matches_closed_formula(row):
   warmup = int(row.warmup_epochs * steps_per_epoch)
   assert params.trainer.train_steps == total
   checkpoints = {'start': 0, 'mid-warmup': warmup // 2,
-                 'end-of-warmup': warmup, 'mid-decay': (warmup + total) // 2,
-                 'last': total - 1, 'end': total}
+                 'last-warmup': warmup - 1, 'end-of-warmup': warmup,
+                 'first-decay': warmup + 1, 'mid-decay': (warmup + total) // 2,
+                 'second-last': total - 2, 'last': total - 1, 'end': total,
+                 'after-end': total + 1}
   for label, step in checkpoints.items():
     got = float(schedule(tf.constant(step, tf.int64)))
     want = reference_lr(row, step)
@@ -55,8 +65,16 @@ def test_b5_65k_numbers_by_hand():
   assert schedule.warmup_steps == 840          # int(43 * 19.549)
   assert params.trainer.train_steps == 6842    # int(350 * 19.549)
   assert float(schedule(420)) == pytest.approx(10.368, rel=1e-6)
-  assert float(schedule(840)) == pytest.approx(20.736, rel=1e-6)
-  assert float(schedule(6842)) == pytest.approx(0.1, rel=1e-6)
+  # The reference's poly counts the first decay step as 1 over 6003 steps:
+  # 20.636 * (1 - 1/6003)^2 + 0.1 at steps 840 and 841.
+  assert float(schedule(840)) == pytest.approx(20.729124, rel=1e-6)
+  assert float(schedule(841)) == pytest.approx(20.729124, rel=1e-6)
+  # The last training step (6841) is 2 steps from the end of the decay.
+  assert float(schedule(6841)) == pytest.approx(20.636 * (2 / 6003) ** 2 + 0.1,
+                                                rel=1e-6)
+  assert float(schedule(6842)) == pytest.approx(20.636 / 6003 ** 2 + 0.1,
+                                                rel=1e-6)
+  assert float(schedule(6843)) == pytest.approx(0.1, rel=1e-6)
 
 
 def test_exponential_staircase_and_warmup_peak():
@@ -75,10 +93,10 @@ def test_polynomial_end_lr_configurable_and_no_warmup():
   schedule = lr_schedule.ScaledPolynomialDecay(
       lr_per_256=1.0, global_batch_size=256, steps_per_epoch=10.0,
       train_steps=100, warmup_epochs=0, power=2.0, end_learning_rate=1e-4)
-  assert float(schedule(0)) == pytest.approx(1.0)
-  assert float(schedule(50)) == pytest.approx((1 - 1e-4) * 0.25 + 1e-4)
-  assert float(schedule(100)) == pytest.approx(1e-4)
-  assert float(schedule(150)) == pytest.approx(1e-4)
+  for step in (0, 1, 2, 50, 99, 100, 101, 150):
+    want = reference_poly(step, 1.0, 0, 100, end=1e-4)
+    assert float(schedule(step)) == pytest.approx(want, rel=1e-6), step
+  assert float(schedule(101)) == pytest.approx(1e-4)
 
 
 def test_schedule_rejects_unresolved_config():

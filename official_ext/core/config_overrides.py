@@ -90,8 +90,9 @@ def register_gin_nodes(params: base_config.Config) -> None:
       # interactive mode, which exists to allow exactly this.
       gin.enter_interactive_mode()
     try:
-      configurable = gin.external_configurable(
-          _make_node_fn(fields), name=name, module=module)
+      with gin.unlock_config():  # Parsing locks gin's config.
+        configurable = gin.external_configurable(
+            _make_node_fn(fields), name=name, module=module)
     finally:
       if path in _GIN_NODES:
         gin.exit_interactive_mode()

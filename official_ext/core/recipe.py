@@ -66,6 +66,17 @@ def steps_per_epoch(params) -> float:
   return train.num_examples / train.global_batch_size
 
 
+def _check_one_weight_decay(params) -> None:
+  """The task's L2 term and Model Garden's kernel regularizer would add up."""
+  losses = params.task.losses
+  if losses.weight_decay and losses.l2_weight_decay:
+    raise ValueError(
+        f'task.losses.weight_decay={losses.weight_decay} and '
+        f'task.losses.l2_weight_decay={losses.l2_weight_decay} are both set '
+        'and would add up; set one (weight_decay is the reference code\'s L2 '
+        'term over non-batch-norm variables)')
+
+
 def expected_replicas(params) -> Optional[int]:
   """Replica count implied by the runtime config, when it implies one."""
   rt = params.runtime
@@ -162,6 +173,7 @@ def resolve(params, num_replicas: Optional[int] = None):
                       ('trainer.eval_every_epochs', trainer.eval_every_epochs)):
     if value <= 0:
       raise ValueError(f'{name}={value!r} must be > 0')
+  _check_one_weight_decay(params)
 
   precision = params.runtime.mixed_precision_dtype or 'float32'
   if precision not in exp_cfg.PRECISIONS:

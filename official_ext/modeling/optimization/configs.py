@@ -35,6 +35,19 @@ class PaperLARSConfig(optimizer_config.BaseOptimizerConfig):
 
 
 @dataclasses.dataclass
+class PaperRMSPropConfig(optimizer_config.RMSPropConfig):
+  """RMSProp as the reference code's `tf.compat.v1.train.RMSPropOptimizer`.
+
+  Same fields as Model Garden's `rmsprop`; the mean-square slot starts at 1
+  (TF1) instead of 0, and epsilon is always inside the square root.
+  """
+  name: str = 'PaperRMSProp'
+  rho: float = 0.9
+  momentum: float = 0.9
+  epsilon: float = 0.001
+
+
+@dataclasses.dataclass
 class ScaledScheduleBase(base_config.Config):
   """Fields shared by the per-256-scaled schedules.
 
@@ -69,9 +82,11 @@ class ScaledExponentialConfig(ScaledScheduleBase):
 
 @dataclasses.dataclass
 class OptimizerConfig(optimization_config.OptimizerConfig):
-  """Model Garden's optimizers plus the paper's LARS (`paper_lars`)."""
+  """Model Garden's optimizers plus the reference code's LARS and RMSProp."""
   paper_lars: PaperLARSConfig = dataclasses.field(
       default_factory=PaperLARSConfig)
+  paper_rmsprop: PaperRMSPropConfig = dataclasses.field(
+      default_factory=PaperRMSPropConfig)
 
 
 @dataclasses.dataclass

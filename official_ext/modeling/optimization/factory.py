@@ -1,20 +1,28 @@
-"""Registers the paper's optimizer and schedules with Model Garden's factory.
+"""Registers the paper's optimizers and schedules with Model Garden's factory.
 
-`paper_lars` goes through Model Garden's public `register_optimizer_cls`.
-Model Garden keeps schedules in a dict with no register function, so the
-per-256-scaled schedules are built by a subclass of its `OptimizerFactory`
-that handles the two new schedule types and defers to Model Garden for the rest.
+`paper_lars` and `paper_rmsprop` go through Model Garden's public
+`register_optimizer_cls`. Model Garden keeps schedules in a dict with no
+register function, so the per-256-scaled schedules are built by a subclass of
+its `OptimizerFactory` that handles the two new schedule types and defers to
+Model Garden for the rest. The same subclass wraps the optimizer in
+`PaperExponentialMovingAverage` (shadows start at the weights, as the
+reference's) where Model Garden's factory would use its own EMA wrapper.
 """
 from official.modeling.optimization import optimizer_factory
 
 from official_ext.modeling.optimization import configs
+from official_ext.modeling.optimization import ema
 from official_ext.modeling.optimization import lars
 from official_ext.modeling.optimization import lr_schedule
+from official_ext.modeling.optimization import rmsprop
 
-PAPER_LARS = 'paper_lars'
-
-if PAPER_LARS not in optimizer_factory.LEGACY_OPTIMIZERS_CLS:
-  optimizer_factory.register_optimizer_cls(PAPER_LARS, lars.PaperLARS)
+PAPER_OPTIMIZERS = {
+    'paper_lars': lars.PaperLARS,
+    'paper_rmsprop': rmsprop.PaperRMSProp,
+}
+for _name, _cls in PAPER_OPTIMIZERS.items():
+  if _name not in optimizer_factory.LEGACY_OPTIMIZERS_CLS:
+    optimizer_factory.register_optimizer_cls(_name, _cls)
 
 _SCALED_SCHEDULES = {
     'scaled_polynomial': lr_schedule.ScaledPolynomialDecay,
@@ -23,7 +31,13 @@ _SCALED_SCHEDULES = {
 
 
 class OptimizerFactory(optimizer_factory.OptimizerFactory):
-  """Model Garden's OptimizerFactory that also builds the scaled schedules."""
+  """Model Garden's OptimizerFactory with the scaled schedules and paper EMA."""
+
+  def __init__(self, config: configs.OptimizationConfig):
+    # Model Garden's factory would wrap in its zero-initialised EMA: it gets
+    # the config without EMA and `build_optimizer` wraps the result.
+    super().__init__(config.replace(ema=None) if config.ema else config)
+    self._paper_ema_config = config.ema
 
   def build_learning_rate(self):
     if self._lr_type not in _SCALED_SCHEDULES:
@@ -34,6 +48,27 @@ class OptimizerFactory(optimizer_factory.OptimizerFactory):
           '(warmup_epochs); leave optimizer_config.warmup unset, got '
           f'warmup.type={self._warmup_type!r}')
     return _SCALED_SCHEDULES[self._lr_type](**self._lr_config.as_dict())
+
+  def build_optimizer(self, lr, postprocessor=None, **kwargs):
+    """Model Garden's optimizer, EMA-wrapped as the reference if configured.
+
+    Args:
+      lr: learning rate or schedule.
+      postprocessor: applied last, after the EMA wrapper (as Model Garden).
+      **kwargs: Model Garden's `build_optimizer` arguments
+        (`gradient_aggregator`, `gradient_transformers`,
+        `use_legacy_optimizer`).
+    """
+    optimizer = super().build_optimizer(lr, **kwargs)
+    if self._paper_ema_config:
+      if not kwargs.get('use_legacy_optimizer', True):
+        raise ValueError('EMA needs the legacy optimizer '
+                         '(use_legacy_optimizer=True)')
+      optimizer = ema.PaperExponentialMovingAverage(
+          optimizer, **self._paper_ema_config.as_dict())
+    if postprocessor:
+      optimizer = postprocessor(optimizer)
+    return optimizer
 
 
 def build_optimizer(optimization_config: configs.OptimizationConfig):

@@ -3,9 +3,14 @@
 scaled_lr = lr_per_256 * global_batch_size / 256. For step < warmup_steps
 (= int(warmup_epochs * steps_per_epoch)) the LR rises linearly from 0:
 scaled_lr * step / warmup_steps. After warmup:
-  - polynomial (LARS rows): (scaled_lr - end) * (1 - p)^power + end with
-    p = min(step - warmup_steps, decay_steps) / decay_steps and
-    decay_steps = train_steps - warmup_steps;
+  - polynomial (LARS rows), exactly as the reference's `poly` schedule:
+    (scaled_lr - end) * (1 - p)^power + end with
+    p = min(max(step - warmup_steps, 1), decay_steps) / decay_steps and
+    decay_steps = train_steps - warmup_steps + 1. The reference counts the
+    first decay step as 1 and decays over one step more than remains, so the
+    peak right after warmup is already one step down (20.729, not 20.736, for
+    the 65k row) and `end` is reached at step train_steps + 1, after the last
+    training step (train_steps - 1);
   - exponential (RMSProp rows): scaled_lr * decay_rate^(step / decay_steps),
     decay_steps = decay_epochs * steps_per_epoch, exponent floored when
     staircase; counted from step 0 as the reference code does.
@@ -75,10 +80,11 @@ class ScaledPolynomialDecay(_ScaledWarmupSchedule):
                      train_steps, warmup_epochs, name)
     self.power = power
     self.end_learning_rate = end_learning_rate
-    self.decay_steps = max(train_steps - self.warmup_steps, 1)
+    # The reference's off-by-one conventions (see the module docstring).
+    self.decay_steps = max(train_steps - self.warmup_steps, 0) + 1
 
   def _decayed(self, step):
-    progress = tf.clip_by_value(step - self.warmup_steps, 0.0,
+    progress = tf.clip_by_value(step - self.warmup_steps, 1.0,
                                 float(self.decay_steps)) / self.decay_steps
     return ((self.scaled_lr - self.end_learning_rate) *
             tf.pow(1.0 - progress, self.power) + self.end_learning_rate)

@@ -12,6 +12,7 @@ from official.core import config_definitions as cfg
 from official.vision.configs import common
 from official.vision.configs import image_classification as mg_ic
 
+from official_ext.modeling import initializers
 from official_ext.modeling.optimization import configs as opt_configs
 from official_ext.vision.configs import backbones
 
@@ -93,6 +94,8 @@ class NormActivation(common.NormActivation):
 
 @dataclasses.dataclass
 class ImageClassificationModel(mg_ic.ImageClassificationModel):
+  """`kernel_initializer` of the classifier defaults to the reference's
+  U(+-1/sqrt(num_classes)) (`official_ext.modeling.initializers`)."""
   num_classes: int = IMAGENET_NUM_CLASSES
   input_size: List[int] = dataclasses.field(
       default_factory=lambda: [224, 224, 3])
@@ -103,7 +106,7 @@ class ImageClassificationModel(mg_ic.ImageClassificationModel):
   dropout_rate: float = 0.2
   norm_activation: NormActivation = dataclasses.field(
       default_factory=NormActivation)
-  kernel_initializer: str = 'random_uniform'
+  kernel_initializer: str = initializers.DENSE_HEAD_INITIALIZER
 
 
 @dataclasses.dataclass
