@@ -19,9 +19,11 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
+import tensorflow as tf
 
 import experiments  # pylint: disable=unused-import  (registers experiments)
 from official_ext.core import config_overrides
+from official_ext.core import divergence
 from official_ext.core import experiment_list
 from official_ext.core import run_driver
 from official_ext.core import tpu_slice
@@ -32,7 +34,8 @@ MODES = ('train', 'eval', 'train_and_eval', 'continuous_eval')
 flags.DEFINE_string(
     'experiment', 'effnet_b0_digits',
     'Registered experiment name, or "list" to print every experiment.')
-flags.DEFINE_enum('mode', 'train_and_eval', MODES, 'What to run.')
+flags.DEFINE_string('mode', 'train_and_eval',
+                    f'What to run: one of {", ".join(MODES)}.')
 flags.DEFINE_string(
     'model_dir', None,
     'Checkpoints, params.yaml, gin config and TensorBoard summaries. '
@@ -45,6 +48,10 @@ flags.DEFINE_string(
 flags.DEFINE_multi_string('gin_file', None, 'Gin files, in order.')
 flags.DEFINE_multi_string('gin_params', None, 'Gin bindings, in order.')
 flags.DEFINE_string('tpu', None, 'TPU name or address; selects TPUStrategy.')
+flags.DEFINE_bool(
+    'force_params', False,
+    'Resume into a model_dir whose params.yaml differs in fields that change '
+    'what the run computes (recorded in params_changes.yaml).')
 
 FLAGS = flags.FLAGS
 
@@ -55,6 +62,10 @@ def main(argv):
   if FLAGS.experiment == 'list':
     print(experiment_list.format_table(experiments.EXPERIMENT_NAMES))
     return 0
+  if FLAGS.mode not in MODES:
+    print(f'error: unknown --mode={FLAGS.mode!r}; use one of '
+          f'{", ".join(MODES)}', file=sys.stderr)
+    return 2
   try:
     params = config_overrides.parse_configuration(
         FLAGS.experiment,
@@ -69,12 +80,20 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr)
     return 2
   try:
-    run_driver.run(params, FLAGS.mode, model_dir, experiment=FLAGS.experiment)
+    run_driver.run(params, FLAGS.mode, model_dir, experiment=FLAGS.experiment,
+                   force_params=FLAGS.force_params)
   except (config_overrides.ConfigError, tpu_slice.TpuUnavailableError) as e:
     # The live replicas or the model_dir do not fit the params: found before
     # anything was built or written.
     print(f'error: {e}', file=sys.stderr)
     return 2
+  except divergence.TrainingDiverged as e:
+    latest = tf.train.latest_checkpoint(model_dir)
+    kept = (f'the last good checkpoint {latest} is kept' if latest
+            else 'no checkpoint was written')
+    print(f'error: {e}; {kept} (lower the learning rate and rerun, or use '
+          'a new --model_dir)', file=sys.stderr)
+    return 3
   except Exception as e:  # pylint: disable=broad-except
     # Bad input data met during the run (a corrupt record with
     # on_bad_record='fail', no usable record in a full pass over the data, an

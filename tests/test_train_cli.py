@@ -98,6 +98,25 @@ def test_demo_few_steps_end_to_end(tmp_path):
   assert_clean_user_error(other, 'warmup_epochs')
   assert (model_dir / 'params.yaml').read_text() == before
 
+  # A relaunch that changes only runtime fields (logging cadence, the eval
+  # batch) resumes the finished run and records the change; --force_params
+  # accepts any change.
+  for extra, flag in ((',trainer.summary_interval=4,'
+                       'task.validation_data.global_batch_size=64', ()),
+                      (',task.model.dropout_rate=0.25', ('--force_params',))):
+    resumed = run_train(f'--model_dir={model_dir}',
+                        f'--params_override={SHORT_DEMO}{extra}',
+                        '--gin_params=scaled_polynomial.warmup_epochs = 0.1',
+                        *flag, data_dir=tmp_path / 'data')
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'eval at step' not in resumed.stdout  # Nothing left to do.
+  with open(model_dir / 'params_changes.yaml') as f:
+    history = yaml.safe_load(f)
+  assert set(history[0]['changes']) == {
+      'trainer.summary_interval', 'task.validation_data.global_batch_size',
+      'trainer.validation_steps'}
+  assert history[1]['forced'] == ['task.model.dropout_rate']
+
 
 def test_bad_record_met_mid_training_is_one_error_line(tmp_path):
   # 64 good 32x32 JPEG records in one file, but record 40 is corrupt: the

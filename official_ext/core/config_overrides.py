@@ -20,7 +20,9 @@ Gin matches selectors by suffix, so `train_data.global_batch_size` or
 `scaled_polynomial.lr_per_256` work where unambiguous. Gin rejects an unknown
 node or field at parse time, before anything is built.
 """
+import difflib
 import inspect
+import typing
 from typing import Any, Dict, Optional, Sequence
 
 import gin
@@ -134,13 +136,77 @@ def _check_derived_untouched(params, before: Dict[str, Any], source: str):
           f'override {recipe.derived_field_source(name)} instead')
 
 
+_TYPE_NAMES = {bool: 'a bool', int: 'an int', float: 'a number',
+               str: 'a string', list: 'a list', tuple: 'a list'}
+
+
+def _accepts(hint, value) -> Optional[bool]:
+  """Whether a field annotated `hint` accepts `value` (None: not checked).
+
+  None is accepted everywhere: Model Garden's `key=` override gives None.
+  """
+  if value is None:
+    return None
+  origin = typing.get_origin(hint)
+  if origin is typing.Union:
+    answers = [_accepts(h, value) for h in typing.get_args(hint)]
+    return None if None in answers else any(answers)
+  if hint is type(None):
+    return value is None
+  if origin in (list, tuple) or hint in (list, tuple):
+    return isinstance(value, (list, tuple))
+  if hint is bool:
+    return isinstance(value, bool)
+  if hint is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  if hint is float:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if hint is str:
+    return isinstance(value, str)
+  return None
+
+
+def _expected(hint) -> str:
+  if typing.get_origin(hint) is typing.Union:
+    return ' or '.join(_expected(h) for h in typing.get_args(hint)
+                       if h is not type(None))
+  if typing.get_origin(hint) in (list, tuple):
+    return 'a list'
+  return _TYPE_NAMES.get(hint, getattr(hint, '__name__', str(hint)))
+
+
+def check_types(node: base_config.Config, path: str = '') -> None:
+  """Every leaf of `node` has the type its dataclass field declares.
+
+  Model Garden's override accepts any value (a string for an int field fails
+  much later, inside the trainer), so this checks before anything is built.
+  """
+  try:
+    hints = typing.get_type_hints(type(node))
+  except (NameError, TypeError):
+    hints = {}
+  for name in node.as_dict():
+    value = getattr(node, name)
+    dotted = f'{path}.{name}' if path else name
+    if isinstance(value, base_config.Config):
+      check_types(value, dotted)
+    elif name in hints and _accepts(hints[name], value) is False:
+      raise ConfigError(
+          f'{dotted}={value!r} is '
+          f'{_TYPE_NAMES.get(type(value), type(value).__name__)}; expected '
+          f'{_expected(hints[name])}')
+
+
 def get_experiment(name: str):
   try:
     return exp_factory.get_exp_config(name)
   except (KeyError, LookupError) as e:
+    known = experiment_list.project_experiments()
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = (f'did you mean {" or ".join(close)}? ' if close else '')
     raise ConfigError(
-        f'unknown experiment {name!r}; registered experiments: '
-        f'{", ".join(experiment_list.project_experiments())}') from e
+        f'unknown experiment {name!r}; {hint}registered experiments: '
+        f'{", ".join(known)} (python train.py --experiment=list)') from e
 
 
 def parse_configuration(experiment: str,
@@ -184,6 +250,7 @@ def parse_configuration(experiment: str,
                     f'--params_override={params_override}')
     _check_derived_untouched(params, before, '--params_override')
 
+  check_types(params)
   try:
     recipe.resolve(params)
     params.validate()

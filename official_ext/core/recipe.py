@@ -185,7 +185,13 @@ def resolve(params, num_replicas: Optional[int] = None):
     backbone.paper_efficientnet.conv_dtype = (
         'bfloat16' if precision == 'conv_bfloat16' else '')
 
-  _resolve_bn_groups(params, num_replicas or expected_replicas(params))
+  replicas = num_replicas or expected_replicas(params)
+  if replicas:
+    for name, data in (('task.train_data', train),
+                       ('task.validation_data', evaluation)):
+      bn_group_rules.per_replica(data.global_batch_size, replicas,
+                                 f'{name}.global_batch_size')
+  _resolve_bn_groups(params, replicas)
 
   per_epoch = steps_per_epoch(params)
   train_steps = max(1, int(trainer.train_epochs * per_epoch))

@@ -3,28 +3,29 @@
 The loop itself is Model Garden's experiment runner (an Orbit controller
 interleaving training and evaluation on every replica; see
 official_ext.core.experiment_runner for the multi-worker fixes); this module
-picks the tf.distribute strategy, protects an existing model_dir, writes
-params.yaml atomically and the operative gin config, and adds progress actions.
+picks the tf.distribute strategy, protects an existing model_dir
+(official_ext.core.resume_guard), writes params.yaml atomically and the
+operative gin config, and adds progress actions.
 """
 import functools
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import tensorflow as tf
-import yaml
 
 from official.common import distribute_utils
 from official.core import task_factory
 from official.core import train_utils
-from official.modeling import hyperparams
 from official.modeling import performance
 
 from official_ext.core import config_overrides
+from official_ext.core import divergence
 from official_ext.core import experiment_runner
 from official_ext.core import progress
 from official_ext.core import recipe
+from official_ext.core import resume_guard
 from official_ext.core import run_hparams
 from official_ext.core import runtime
 from official_ext.core import time_to_accuracy as tta
@@ -33,60 +34,51 @@ from official_ext.core import tpu_slice
 from official_ext.dataloaders import classification_input
 from official_ext import tasks  # pylint: disable=unused-import (registers)
 
-PARAMS_FILE = 'params.yaml'
+def check_model_dir(model_dir: str, params, mode: str,
+                    force_params: bool = False) -> List[Tuple[str, Any, Any]]:
+  """Vets model_dir before anything is written; returns the params changes.
 
-
-def _plain(value):
-  """Tuples to lists, recursively, so YAML round trips compare equal."""
-  if isinstance(value, dict):
-    return {k: _plain(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_plain(v) for v in value]
-  return value
-
-
-def _first_difference(old: Any, new: Any, path: str = ''):
-  if isinstance(old, dict) and isinstance(new, dict):
-    for key in sorted(set(old) | set(new)):
-      found = _first_difference(old.get(key), new.get(key),
-                                f'{path}.{key}' if path else key)
-      if found:
-        return found
-    return None
-  return None if old == new else (path, old, new)
-
-
-def check_model_dir(model_dir: str, params, mode: str) -> None:
-  """Refuses to train into a model_dir that holds a different experiment.
-
-  Resuming with identical params is allowed (Orbit restores the checkpoint
-  and the time-to-accuracy record carries on); anything else would mix two
-  runs' checkpoints and summaries. An unreadable summary.json is refused too.
+  Training: summary.json must be readable, the params may differ from the
+  run already there only in runtime-only fields (official_ext.core
+  .resume_guard; any field with `force_params`), and model_dir must be
+  writable. Evaluation: model_dir must hold a checkpoint (`eval`).
   """
+  if mode == 'eval' and not tf.train.latest_checkpoint(model_dir):
+    raise config_overrides.ConfigError(
+        f'--mode=eval: model_dir {model_dir!r} holds no checkpoint to '
+        'evaluate; pass the --model_dir of a trained run')
   if 'train' not in mode:
-    return
+    return []
   try:
     tta.read_summary(model_dir)
   except ValueError as e:
     raise config_overrides.ConfigError(
         f'{e}; move it away or use a new --model_dir') from e
-  path = os.path.join(model_dir, PARAMS_FILE)
-  if not tf.io.gfile.exists(path):
-    return
-  with tf.io.gfile.GFile(path) as f:
-    try:
-      old = yaml.load(f, Loader=yaml.FullLoader)
-    except yaml.YAMLError as e:
-      raise config_overrides.ConfigError(
-          f'{path} is not readable YAML ({e.__class__.__name__}); '
-          'use a new --model_dir') from e
-  diff = _first_difference(_plain(old), _plain(params.as_dict()))
-  if diff:
-    key, before, after = diff
+  try:
+    changes = resume_guard.check_resume(model_dir, params, force_params)
+  except resume_guard.ResumeRefused as e:
+    raise config_overrides.ConfigError(str(e)) from e
+  _check_writable(model_dir)
+  return changes
+
+
+def _check_writable(model_dir: str) -> None:
+  """A local model_dir (or its first existing parent) must be writable."""
+  if '://' in model_dir:
+    return  # Object stores: permissions show at the first write.
+  path = os.path.abspath(model_dir)
+  while not os.path.exists(path):
+    parent = os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  if os.path.exists(path) and not os.path.isdir(path):
     raise config_overrides.ConfigError(
-        f'model_dir {model_dir!r} holds a run with different params '
-        f'({key}: {before!r} there, {after!r} now); use a new --model_dir '
-        'or the same params to resume')
+        f'--model_dir={model_dir!r}: {path} is a file, not a directory')
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise config_overrides.ConfigError(
+        f'--model_dir={model_dir!r} is not writable ({path} does not allow '
+        'writing); pass a --model_dir you can write to')
 
 
 def check_inputs(params, mode: str) -> None:
@@ -121,15 +113,6 @@ def check_inputs(params, mode: str) -> None:
       raise config_overrides.ConfigError(f'{name}: {e}') from e
 
 
-def write_params(params, model_dir: str) -> None:
-  """Writes params.yaml atomically (temp file, then rename)."""
-  tf.io.gfile.makedirs(model_dir)
-  final = os.path.join(model_dir, PARAMS_FILE)
-  temp = final + '.tmp'
-  hyperparams.save_params_dict_to_yaml(params, temp)
-  tf.io.gfile.rename(temp, final, overwrite=True)
-
-
 def build_strategy(params) -> Tuple[tf.distribute.Strategy, Any]:
   """The run's strategy, and `params` resolved for its live replica count.
 
@@ -144,7 +127,8 @@ def build_strategy(params) -> Tuple[tf.distribute.Strategy, Any]:
     runtime.configure_logical_cpus(rt.num_cpu_replicas)
     strategy = runtime.mirrored_cpu_strategy(rt.num_cpu_replicas)
   elif rt.distribution_strategy == 'tpu':
-    resolver, topology = tpu_slice.connect(rt.tpu)
+    resolver, topology = tpu_slice.connect(
+        rt.tpu, connect_timeout_s=rt.tpu_connect_timeout_s)
     cores = tpu_slice.num_cores(topology)
     # Before the strategy: the slice must be the one the params are for.
     params = config_overrides.resolve_for_replicas(params, cores, tpu=True)
@@ -182,7 +166,8 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
   return bool(strategy.extended.should_checkpoint)
 
 
-def run(params, mode: str, model_dir: str, experiment: str = '') -> Dict:
+def run(params, mode: str, model_dir: str, experiment: str = '',
+        force_params: bool = False) -> Dict:
   """Trains and/or evaluates `params` in `model_dir`.
 
   Returns the outputs of the last evaluation ({} if there was none).
@@ -193,14 +178,14 @@ def run(params, mode: str, model_dir: str, experiment: str = '') -> Dict:
   replicas or the model_dir.
   """
   strategy, params = build_strategy(params)
-  check_model_dir(model_dir, params, mode)
+  changes = check_model_dir(model_dir, params, mode, force_params)
   chief = is_chief(strategy)
   clock: Optional[tta.TimeToAccuracy] = None
   if 'train' in mode:
     clock = _time_to_accuracy(params, experiment, strategy.num_replicas_in_sync,
                               model_dir, writes=chief)
     if chief:
-      write_params(params, model_dir)
+      resume_guard.write_params(params, model_dir, changes)
       run_hparams.write_hparams(model_dir, clock.record.hparams)
   precision = params.runtime.mixed_precision_dtype
   # conv_bfloat16 keeps the global policy float32: the backbone gives its
@@ -235,7 +220,13 @@ def run(params, mode: str, model_dir: str, experiment: str = '') -> Dict:
         train_actions=[reporter.train_action],
         eval_actions=[reporter.eval_action],
         worker_scratch_dir=scratch_dir)
-    _, eval_logs = runner.run()
+    try:
+      _, eval_logs = runner.run()
+    except divergence.TrainingDiverged:
+      if clock is not None:
+        clock.record.status = 'diverged'
+        clock.write()
+      raise
   finally:
     if scratch_dir:
       shutil.rmtree(scratch_dir, ignore_errors=True)

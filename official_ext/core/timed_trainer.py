@@ -17,7 +17,10 @@
     evaluation;
   - one set of BN moving statistics and EMA shadows on every replica after
     each train loop (`official_ext.core.replica_statistics`), so that each
-    evaluation and each checkpoint sees the same model.
+    evaluation and each checkpoint sees the same model;
+  - the divergence guard (`official_ext.core.divergence`): a loop with a
+    non-finite loss or gradient norm raises `TrainingDiverged` at its end,
+    before anything is saved.
 """
 import time
 from typing import Optional
@@ -27,6 +30,7 @@ import tensorflow as tf
 from official.core import base_trainer
 from official.modeling import optimization
 
+from official_ext.core import divergence
 from official_ext.core import replica_statistics
 from official_ext.core import time_to_accuracy as tta
 
@@ -57,6 +61,9 @@ class TimedTrainer(base_trainer.Trainer):
     self.checkpoint.time_to_accuracy_s = self.elapsed_variable
     self.sync_replica_statistics = replica_statistics.ReplicaStatisticsSync(
         self.strategy, self.model, self.optimizer)
+    with self.strategy.scope():
+      self.divergence_guard = divergence.DivergenceGuard(
+          config.trainer.loss_upper_bound)
 
   # -- Building the functions, then starting the clock ----------------------
 
@@ -93,6 +100,28 @@ class TimedTrainer(base_trainer.Trainer):
     self._start_clock()
     return super().evaluate(num_steps)
 
+  # -- The train step, watched by the divergence guard ---------------------
+
+  def train_step(self, iterator):
+    """Model Garden's train step, reporting loss and gradient norm."""
+
+    def step_fn(inputs):
+      logs = self.task.train_step(inputs, model=self.model,
+                                  optimizer=self.optimizer,
+                                  metrics=self.train_metrics)
+      self.train_loss.update_state(logs[self.task.loss])
+      self.global_step.assign_add(1)
+      self.divergence_guard.update(logs[self.task.loss],
+                                   logs.get(divergence.GRADIENT_NORM), self.global_step)
+
+    self.strategy.run(step_fn, args=(self.next_train_inputs(iterator),),
+                      options=self._runtime_options)
+
+  def _learning_rate_at(self, step: int) -> float:
+    """The learning rate step `step` (counted from 1) trained with."""
+    rate = self.optimizer.learning_rate
+    return float(rate(step - 1) if callable(rate) else rate)
+
   # -- Throughput of each train loop ---------------------------------------
 
   def train_loop_begin(self):
@@ -102,7 +131,8 @@ class TimedTrainer(base_trainer.Trainer):
 
   def train_loop_end(self):
     logs = super().train_loop_end()  # Reads the metrics: the loop is done.
-    # Before the controller saves a checkpoint or evaluates.
+    # Both before the controller saves a checkpoint or evaluates.
+    self.divergence_guard.check(self._learning_rate_at)
     self.sync_replica_statistics()
     steps = int(self.global_step.numpy()) - self._loop_start_step
     seconds = time.monotonic() - self._loop_start

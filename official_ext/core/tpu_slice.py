@@ -7,8 +7,11 @@ so `build_strategy` always builds the strategy with an explicit one
 (`DeviceAssignment.build(topology, num_replicas=cores)`, as Model Garden's
 `distribute_utils` does on TPU-v5p) and remembers it for `device_assignment`.
 """
+import socket
+import threading
+import time
 import weakref
-from typing import Optional, Tuple
+from typing import Optional
 
 import tensorflow as tf
 
@@ -24,25 +27,76 @@ def is_tpu_strategy(strategy) -> bool:
                                tf.distribute.experimental.TPUStrategy))
 
 
-def connect(tpu: Optional[str]):
-  """Connects to the TPU and initializes its system.
+# Bounds on reaching a TPU: its gRPC port must accept a connection within
+# CONNECT_TIMEOUT_S, and its system must initialize within INIT_TIMEOUT_S
+# (a v3-1024 slice takes a few minutes).
+CONNECT_TIMEOUT_S = 60.0
+INIT_TIMEOUT_S = 900.0
+
+
+def connect(tpu: Optional[str], connect_timeout_s: float = CONNECT_TIMEOUT_S,
+            init_timeout_s: float = INIT_TIMEOUT_S):
+  """Connects to the TPU and initializes its system, within bounded waits.
 
   Returns (cluster resolver, topology). `tpu` is a TPU name, a grpc://
-  address, or '' / 'local' for the TPU VM's own chips.
+  address, or '' / 'local' for the TPU VM's own chips. Raises
+  TpuUnavailableError with a one-line reason.
   """
   tpu = tpu or ''
+
+  def unavailable(reason):
+    return TpuUnavailableError(
+        f'cannot reach TPU {tpu!r} ({reason}); pass --tpu=NAME of a TPU in '
+        'this project and zone (or its grpc://IP:8470 address), or run on '
+        'CPU with runtime.num_cpu_replicas=N')
+
   try:
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-    if tpu not in ('', 'local'):
-      tf.config.experimental_connect_to_cluster(resolver)
-    topology = tf.tpu.experimental.initialize_tpu_system(resolver)
-  except (ValueError, RuntimeError, tf.errors.OpError) as e:
-    first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    raise TpuUnavailableError(
-        f'cannot reach TPU {tpu!r} ({first_line}); pass --tpu=NAME of a '
-        'TPU in this project and zone, or run on CPU with '
-        'runtime.num_cpu_replicas=N') from e
-  return resolver, topology
+    master = resolver.master() if tpu not in ('', 'local') else ''
+  except (ValueError, RuntimeError, tf.errors.OpError, OSError) as e:
+    raise unavailable(_first_line(e)) from e
+  if master.startswith('grpc://'):
+    _wait_for_port(master[len('grpc://'):], connect_timeout_s, unavailable)
+
+  result = {}
+
+  def initialize():
+    try:
+      if tpu not in ('', 'local'):
+        tf.config.experimental_connect_to_cluster(resolver)
+      result['topology'] = tf.tpu.experimental.initialize_tpu_system(resolver)
+    except Exception as e:  # pylint: disable=broad-except
+      result['error'] = e
+
+  # TensorFlow's initialization cannot be cancelled; a daemon thread lets
+  # the process give up on it and exit.
+  thread = threading.Thread(target=initialize, daemon=True)
+  thread.start()
+  thread.join(init_timeout_s)
+  if thread.is_alive():
+    raise unavailable(f'its TPU system did not initialize within '
+                      f'{init_timeout_s:g} s')
+  if 'error' in result:
+    raise unavailable(_first_line(result['error'])) from result['error']
+  return resolver, result['topology']
+
+
+def _wait_for_port(address: str, timeout_s: float, unavailable) -> None:
+  host, _, port = address.rpartition(':')
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      with socket.create_connection((host, int(port)), timeout=5):
+        return
+    except (OSError, ValueError) as e:
+      if time.monotonic() >= deadline:
+        raise unavailable(f'no answer from {address} within {timeout_s:g} s: '
+                          f'{_first_line(e)}') from e
+      time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
+
+def _first_line(error: BaseException) -> str:
+  return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def num_cores(topology) -> int:
@@ -84,8 +138,3 @@ def check_cores(live_cores: int, expected_cores: int,
           f'pass --params_override=runtime.tpu_cores={live_cores} (the '
           f'global batch {global_batch_size} becomes {per_core_text} per '
           'core; BN groups and batch-derived fields follow the new count)')
-
-
-def slice_shape(topology) -> Tuple[int, ...]:
-  """Chips per axis and cores per chip, e.g. (16, 32, 1, 2) on a v3-1024."""
-  return tuple(int(d) for d in topology.mesh_shape)

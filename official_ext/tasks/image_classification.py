@@ -18,6 +18,7 @@ from official.core import task_factory
 from official.modeling import performance
 from official.vision.tasks import image_classification as mg_image_classification
 
+from official_ext.core import divergence
 from official_ext.dataloaders import classification_input
 from official_ext.dataloaders import embedded_datasets
 from official_ext.modeling.backbones import efficientnet  # pylint: disable=unused-import (registers paper_efficientnet)
@@ -103,7 +104,9 @@ class ImageClassificationTask(mg_image_classification.ImageClassificationTask):
     optimizer.apply_gradients(list(zip(grads, variables)))
     for metric in metrics or []:
       metric.update_state(labels, logits)
-    return {self.loss: loss}
+    # This replica's gradient norm, for the divergence guard.
+    return {self.loss: loss,
+            divergence.GRADIENT_NORM: tf.linalg.global_norm(grads)}
 
   def validation_step(self, inputs: Tuple[Any, Any], model: tf_keras.Model,
                       metrics: Optional[List[Any]] = None):

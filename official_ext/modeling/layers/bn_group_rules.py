@@ -23,8 +23,6 @@ follows from the live replica count and the per-replica batch:
 Either way the group size must divide the replica count (the reference code
 reshapes the replica ids into [-1, group] and fails otherwise).
 """
-from typing import Optional
-
 RULES = ('fixed', 'distributed_batch_norm', 'tpu_batch_norm')
 # The reference flag batch_norm_batch_size's default.
 REFERENCE_BN_BATCH_SIZE = 128
@@ -85,25 +83,8 @@ def group_size(rule: str,
   return size
 
 
-def bn_batch(group: int, per_replica_batch: int) -> int:
-  """Examples whose statistics one BN group shares."""
-  return group * per_replica_batch
-
-
-def describe(rule: str, bn_batch_size: int = 0) -> str:
-  """A short human-readable name of the rule, for listings."""
-  if rule == 'distributed_batch_norm':
-    return (f'DistributedBatchNormalization (BN batch '
-            f'{bn_batch_size or REFERENCE_BN_BATCH_SIZE})')
-  if rule == 'tpu_batch_norm':
-    return 'TpuBatchNormalization (max(8, replicas // 8))'
-  return (f'fixed (BN batch {bn_batch_size})' if bn_batch_size > 0
-          else 'fixed')
-
-
 def per_replica(global_batch_size: int, num_replicas: int,
-                name: str = 'task.train_data.global_batch_size'
-                ) -> Optional[int]:
+                name: str = 'task.train_data.global_batch_size') -> int:
   """The per-replica batch, or an error naming the batch and replicas."""
   per, remainder = divmod(global_batch_size, num_replicas)
   if remainder or per < 1:

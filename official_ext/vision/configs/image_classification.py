@@ -143,7 +143,12 @@ class TrainerConfig(cfg.TrainerConfig):
   # A tf.while_loop eval can be built before the time-to-accuracy clock
   # starts (official_ext.core.timed_trainer); a Python loop traces lazily.
   eval_tf_while_loop: bool = True
+  # The best checkpoint by eval top-1 is kept apart from the rolling ones.
+  best_checkpoint_export_subdir: str = 'best_checkpoint'
   best_checkpoint_eval_metric: str = 'top_1_accuracy'
+  # Divergence stops the run (official_ext.core.divergence) instead of
+  # Model Garden's recovery condition.
+  recovery_max_trials: int = -1
 
 
 @dataclasses.dataclass
@@ -165,11 +170,14 @@ class RuntimeConfig(cfg.RuntimeConfig):
     meshes), e.g. [16, 32] for 1024 TPU-v3 cores; replica ids advance along
     x fastest.
   cores_per_chip: cores (replicas) per chip of that mesh; 2 on TPU-v3.
+  tpu_connect_timeout_s: how long to wait for the TPU's address to answer
+    before stopping with an error.
   """
   num_cpu_replicas: int = 0
   tpu_cores: int = 0
   device_mesh: List[int] = dataclasses.field(default_factory=list)
   cores_per_chip: int = 2
+  tpu_connect_timeout_s: float = 60.0
   mixed_precision_dtype: Optional[str] = 'float32'
 
 
