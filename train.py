@@ -25,6 +25,7 @@ import experiments  # pylint: disable=unused-import  (registers experiments)
 from official_ext.core import config_overrides
 from official_ext.core import divergence
 from official_ext.core import experiment_list
+from official_ext.core import experiment_runner
 from official_ext.core import run_driver
 from official_ext.core import tpu_slice
 from official_ext.dataloaders import classification_input
@@ -97,10 +98,12 @@ def main(argv):
   except Exception as e:  # pylint: disable=broad-except
     # Bad input data met during the run (a corrupt record with
     # on_bad_record='fail', no usable record in a full pass over the data, an
-    # unreadable file) reaches here as a TensorFlow OpError from inside the
-    # training or evaluation loop: one line naming the file and record, no
-    # traceback. Anything else keeps its traceback.
-    message = classification_input.input_error_message(e)
+    # unreadable file), or the death of another worker of a multi-worker job,
+    # reaches here as a TensorFlow OpError from inside the training or
+    # evaluation loop: one line, no traceback. Anything else keeps its
+    # traceback.
+    message = (classification_input.input_error_message(e)
+               or experiment_runner.worker_failure_message(e))
     if message is None:
       raise
     print(f'error: {message}', file=sys.stderr)

@@ -49,9 +49,9 @@ class DivergenceGuard:
                                   aggregation=tf.VariableAggregation.SUM,
                                   **local)
     # Per replica: (step, loss, gradient norm) of its first bad step, step -1
-    # while there is none.
+    # while there is none. Read replica by replica, never aggregated.
     self._first = tf.Variable([-1.0, 0.0, 0.0], name='first_bad_step',
-                              aggregation=tf.VariableAggregation.NONE,
+                              aggregation=tf.VariableAggregation.SUM,
                               **local)
 
   def update(self, loss: tf.Tensor, gradient_norm: Optional[tf.Tensor],
@@ -74,9 +74,9 @@ class DivergenceGuard:
     """
     if float(self._bad_steps.numpy()) == 0:
       return
-    strategy = tf.distribute.get_strategy()
-    firsts = [v.numpy() for v in
-              strategy.experimental_local_results(self._first)]
+    # The replicas' own copies (this worker's); a plain variable off-strategy.
+    firsts = [v.numpy() for v in getattr(self._first, 'values',
+                                         (self._first,))]
     step, loss, norm = min((f for f in firsts if f[0] >= 0),
                            key=lambda f: f[0])
     step = int(step)

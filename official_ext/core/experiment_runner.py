@@ -24,6 +24,7 @@ checkpoint's step, as the chief does. The run driver also keeps those
 workers' TensorBoard events and best-checkpoint exports out of model_dir.
 """
 import os
+import re
 from typing import Optional
 
 import tensorflow as tf
@@ -114,3 +115,26 @@ class ExperimentRunner(train_lib.OrbitExperimentRunner):
         optimizer=self.trainer.optimizer,
         checkpoint=self.trainer.checkpoint,
         max_to_keep=1)
+
+
+# What TensorFlow reports on the surviving workers when a worker of a
+# multi-worker job dies: its coordination service stops getting the dead
+# worker's heartbeats (after its heartbeat timeout, 10 s by default) and
+# aborts every collective.
+_WORKER_FAILURE_SIGNS = ('unhealthy (stopped sending heartbeats)',
+                         'Collective ops is aborted',
+                         'The tasks have crashed')
+
+
+def worker_failure_message(error: BaseException) -> Optional[str]:
+  """One line for a peer worker's death, or None for any other error."""
+  if not isinstance(error, tf.errors.OpError):
+    return None
+  text = str(error)
+  if not any(sign in text for sign in _WORKER_FAILURE_SIGNS):
+    return None
+  dead = sorted(set(re.findall(r'/job:[\w-]+/replica:\d+/task:\d+', text)))
+  who = f' ({", ".join(dead)})' if dead else ''
+  return (f'another worker of this multi-worker job stopped{who}, so every '
+          'collective was aborted; rerun the same command on every worker to '
+          'resume from the last checkpoint')
