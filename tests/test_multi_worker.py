@@ -51,10 +51,16 @@ def run_two_workers(model_dir, override, mode, timeout=900):
       if process.poll() is None:  # A hung worker: leave none behind.
         process.kill()
         process.communicate()
-  for process, (out, err) in zip(processes, results):
-    # The tail of stderr is mostly warnings: show the error lines first.
-    errors = [line for line in err.splitlines() if 'Error' in line]
-    assert process.returncode == 0, '\n'.join(errors[-5:]) or err[-3000:]
+  # A worker that crashes makes the other fail on a collective: show every
+  # failed worker's error lines (the tail of stderr is mostly warnings).
+  failures = [
+      f'worker {index} exit {process.returncode}:\n' + '\n'.join(
+          [line for line in err.splitlines() if 'Error' in line][-5:]
+          or [err[-3000:]])
+      for index, (process, (_, err)) in enumerate(zip(processes, results))
+      if process.returncode != 0]
+  assert not failures, '\n'.join(failures)
+  for out, _ in results:
     assert '2 replicas (CollectiveAllReduceStrategy)' in out, out
   return [out for out, _ in results]
 

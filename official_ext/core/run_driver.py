@@ -166,6 +166,22 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
   return bool(strategy.extended.should_checkpoint)
 
 
+def _copy_best_checkpoint_record(params, model_dir: str, scratch_dir: str):
+  """Starts a worker's scratch best-checkpoint record from the chief's.
+
+  Every worker must decide alike whether an eval is the best so far: a save
+  is a collective (its first one creates the save counter), so a worker that
+  saves alone hangs the others. The record (info.json) is all they compare.
+  """
+  subdir = params.trainer.best_checkpoint_export_subdir
+  if not subdir:
+    return
+  source = os.path.join(model_dir, subdir, 'info.json')
+  if tf.io.gfile.exists(source):
+    tf.io.gfile.makedirs(os.path.join(scratch_dir, subdir))
+    tf.io.gfile.copy(source, os.path.join(scratch_dir, subdir, 'info.json'))
+
+
 def run(params, mode: str, model_dir: str, experiment: str = '',
         force_params: bool = False) -> Dict:
   """Trains and/or evaluates `params` in `model_dir`.
@@ -196,6 +212,8 @@ def run(params, mode: str, model_dir: str, experiment: str = '',
   # A non-chief worker writes only to its own scratch directory.
   scratch_dir = None if chief else tempfile.mkdtemp(prefix='official_ext_')
   try:
+    if scratch_dir:
+      _copy_best_checkpoint_record(params, model_dir, scratch_dir)
     with strategy.scope():
       task = task_factory.get_task(params.task, logging_dir=model_dir)
       trainer = train_utils.create_trainer(
