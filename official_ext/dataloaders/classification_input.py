@@ -265,13 +265,18 @@ def train_crop_window(image_shape: tf.Tensor, image_size: int,
   """Random-resized-crop window with the reference fallback.
 
   As in the reference `_decode_and_random_crop`: if the sampled window is the
-  whole image (sampling failed), use the padded center crop instead.
+  whole image (sampling failed), use the padded center crop instead. The
+  reference decides by comparing [height, width, channels] of the stored
+  image with those of the decoded (3-channel) crop, so for a grayscale or
+  CMYK JPEG it never falls back: a failed sample resizes the whole image.
+  image_shape is [height, width, channels] as stored (`extract_jpeg_shape`).
   """
   image_shape = tf.cast(image_shape, tf.int32)
   window = sample_crop_window(image_shape, area_range, aspect_ratio_range,
                               min_object_covered=0.1, max_attempts=10,
                               seed=seed)
-  bad = tf.reduce_all(tf.equal(window[2:], image_shape[:2]))
+  bad = tf.logical_and(tf.reduce_all(tf.equal(window[2:], image_shape[:2])),
+                       tf.equal(image_shape[2], 3))
   return tf.cond(bad,
                  lambda: center_crop_window(image_shape, image_size,
                                             crop_padding),
@@ -660,10 +665,26 @@ def _make_source(params):
 # ----------------------------------------------------------------------------
 
 
-def _resize(image: tf.Tensor, image_size: int, method: str) -> tf.Tensor:
+_LEGACY_RESIZE = {'bicubic': tf.compat.v1.image.resize_bicubic,
+                  'bilinear': tf.compat.v1.image.resize_bilinear}
+
+
+def _resize(image: tf.Tensor, image_size: int, method: str,
+            half_pixel_centers: bool = False) -> tf.Tensor:
   """Float32 resize; like the reference, bicubic overshoot is not clipped
-  (only the augmenters' uint8 input is)."""
-  return tf.image.resize(image, [image_size, image_size], method=method)
+  (only the augmenters' uint8 input is).
+
+  By default the reference's TF1 `resize_bicubic` convention: output pixel i
+  samples input i * in/out (no half-pixel centers; bicubic with a = -0.75).
+  `half_pixel_centers=True` is `tf.image.resize`'s convention, which samples
+  (i + 0.5) * in/out - 0.5 and so shifts every image by a fraction of a
+  pixel against the reference.
+  """
+  size = [image_size, image_size]
+  if half_pixel_centers:
+    return tf.image.resize(image, size, method=method)
+  return _LEGACY_RESIZE[method](image[tf.newaxis], size, align_corners=False,
+                                half_pixel_centers=False)[0]
 
 
 def normalize(image: tf.Tensor) -> tf.Tensor:
@@ -713,6 +734,7 @@ def make_preprocess_fn(params: mg_ic.DataConfig, image_size: int,
   """
   dtype = _DTYPES[params.dtype]
   method = params.resize_method
+  half_pixel_centers = getattr(params, 'resize_half_pixel_centers', False)
   if is_training:
     window_fn = _train_window_fn(params, image_size)
     augmenter = build_augmenter(params)
@@ -723,7 +745,7 @@ def make_preprocess_fn(params: mg_ic.DataConfig, image_size: int,
 
   def preprocess(image_bytes):
     image = _resize(decode_and_crop(image_bytes, window_fn), image_size,
-                    method)
+                    method, half_pixel_centers)
     if flip:
       # After the resize (cheaper than before it; the two commute).
       image = tf.image.random_flip_left_right(image)
@@ -1289,7 +1311,8 @@ def build_dataset(
   Args:
     params: an `official_ext.vision.configs.image_classification.DataConfig`
       (Model Garden's DataConfig plus num_examples, crop_aspect_ratio_range,
-      eval_crop_padding, resize_method, label_offset, on_bad_record,
+      eval_crop_padding, resize_method, resize_half_pixel_centers,
+      label_offset, on_bad_record,
       tfds_image_key, tfds_label_key).
     image_size: output images are image_size x image_size x 3.
     input_context: from `distribute_datasets_from_function`; None means one

@@ -33,6 +33,10 @@ class DataConfig(mg_ic.DataConfig):
     eval_crop_padding: center crop keeps image_size / (image_size + padding)
       of the shorter side (32 in the reference code).
     resize_method: 'bicubic' (reference) or 'bilinear'.
+    resize_half_pixel_centers: False (default): the reference's TF1 resize
+      convention (`tf.compat.v1.image.resize_bicubic`, no half-pixel
+      centers), so eval images equal the reference's; True:
+      `tf.image.resize`'s half-pixel centers.
     label_offset: subtracted from stored labels (1 for 1-based ImageNet), for
       TFRecords and TFDS alike.
     on_bad_record: 'fail' (default): a record that cannot be parsed, has no
@@ -50,6 +54,7 @@ class DataConfig(mg_ic.DataConfig):
   crop_aspect_ratio_range: Tuple[float, float] = (3. / 4., 4. / 3.)
   eval_crop_padding: int = 32
   resize_method: str = 'bicubic'
+  resize_half_pixel_centers: bool = False
   label_offset: int = 0
   on_bad_record: str = 'fail'
   tfds_image_key: str = 'image'
