@@ -3,13 +3,14 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
 
-import train
 from official_ext.core import divergence
 from official_ext.tools import make_fixture
 from tests import short_runs
@@ -49,18 +50,20 @@ def test_guard_reports_the_first_bad_step_of_any_replica():
     bounded.check()
 
 
-def run_main(capsys, model_dir, override, *flags):
-  train.FLAGS.unparse_flags()
-  train.FLAGS(['train.py', f'--experiment={short_runs.EXPERIMENT}',
-               f'--model_dir={model_dir}', f'--params_override={override}',
-               *flags])
-  code = train.main(['train.py'])
-  return code, capsys.readouterr().err
+def run_train(model_dir, override, *flags):
+  """train.py in its own process (a run leaves process-wide TF state)."""
+  result = subprocess.run(
+      [sys.executable, os.path.join(short_runs.ROOT, 'train.py'),
+       f'--experiment={short_runs.EXPERIMENT}', f'--model_dir={model_dir}',
+       f'--params_override={override}', *flags],
+      capture_output=True, text=True, timeout=900, cwd=short_runs.ROOT,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  return result.returncode, result.stderr
 
 
-@pytest.mark.slow  # ~1.5 min: two short in-process runs.
+@pytest.mark.slow  # ~1.5 min: two short runs.
 def test_absurd_learning_rate_stops_with_the_last_good_checkpoint_latest(
-    capsys, tmp_path):
+    tmp_path):
   fixture = make_fixture.make_fixture(
       str(tmp_path / 'fixture'), num_classes=short_runs.NUM_CLASSES,
       num_train=short_runs.NUM_TRAIN, num_eval=short_runs.NUM_EVAL,
@@ -73,7 +76,7 @@ def test_absurd_learning_rate_stops_with_the_last_good_checkpoint_latest(
     return str(path)
 
   # One good epoch (2 steps, a checkpoint at step 2)...
-  code, err = run_main(capsys, model_dir, override_file(
+  code, err = run_train(model_dir, override_file(
       'good', {'trainer': {'train_epochs': 1.0}}), '--mode=train')
   assert code == 0, err[-3000:]
   good = tf.train.latest_checkpoint(model_dir)
@@ -82,8 +85,8 @@ def test_absurd_learning_rate_stops_with_the_last_good_checkpoint_latest(
   absurd = {'trainer': {'train_epochs': 2.0, 'optimizer_config': {
       'learning_rate': {'scaled_polynomial': {'lr_per_256': 1e9,
                                               'warmup_epochs': 0.0}}}}}
-  code, err = run_main(capsys, model_dir, override_file('absurd', absurd),
-                       '--mode=train', '--force_params')
+  code, err = run_train(model_dir, override_file('absurd', absurd),
+                        '--mode=train', '--force_params')
   assert code == 3, err[-3000:]
   assert 'Traceback' not in err
   errors = [l for l in err.splitlines() if l.startswith('error:')]

@@ -155,14 +155,16 @@ def test_eval_crop_is_deterministic_and_centered(fixture):
       params, image_size=12, num_classes=4)]) for _ in range(2)]
   np.testing.assert_array_equal(runs[0], runs[1])
   # The first eval record by hand: center crop 12/(12+32) of the 20-pixel
-  # side, bicubic resize, normalize.
+  # side, the reference's TF1 bicubic resize (no half-pixel centers),
+  # normalize.
   record = next(ci.iter_tfrecord_file(ci.list_files(fixture.eval_pattern)[0]))
   feature = tf.train.Example.FromString(record[1]).features.feature
   side = int(12 / 44 * 20)
   top, left = (20 - side + 1) // 2, (26 - side + 1) // 2
   crop = tf.io.decode_and_crop_jpeg(
       feature['image/encoded'].bytes_list.value[0], [top, left, side, side])
-  expected = (tf.image.resize(crop, [12, 12], 'bicubic').numpy() - MEAN) / STD
+  resized = tf.compat.v1.image.resize_bicubic(crop[tf.newaxis], [12, 12])[0]
+  expected = (resized.numpy() - MEAN) / STD
   np.testing.assert_allclose(runs[0][0], expected, atol=1e-4)
 
 

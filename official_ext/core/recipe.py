@@ -10,6 +10,7 @@ Derived fields are owned by this module: setting one by hand is an error
 import math
 from typing import Dict, Optional, Tuple
 
+from official_ext.core import determinism
 from official_ext.modeling.layers import bn_group_rules
 from official_ext.modeling.layers import group_assignment
 from official_ext.modeling.optimization import configs as opt_configs
@@ -216,4 +217,5 @@ def resolve(params, num_replicas: Optional[int] = None):
     schedule.global_batch_size = train.global_batch_size
     schedule.steps_per_epoch = per_epoch
     schedule.train_steps = train_steps
+  determinism.resolve(params)
   return params

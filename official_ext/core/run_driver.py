@@ -21,6 +21,7 @@ from official.core import train_utils
 from official.modeling import performance
 
 from official_ext.core import config_overrides
+from official_ext.core import determinism
 from official_ext.core import divergence
 from official_ext.core import experiment_runner
 from official_ext.core import progress
@@ -214,8 +215,11 @@ def run(params, mode: str, model_dir: str, experiment: str = '',
   try:
     if scratch_dir:
       _copy_best_checkpoint_record(params, model_dir, scratch_dir)
+    determinism.enable(params)
     with strategy.scope():
       task = task_factory.get_task(params.task, logging_dir=model_dir)
+      if params.runtime.deterministic and 'train' in mode:
+        task.resume_step = determinism.checkpoint_step(model_dir)
       trainer = train_utils.create_trainer(
           params, task, train='train' in mode,
           evaluate='eval' in mode,

@@ -220,24 +220,30 @@ def sample_crop_window(image_shape: tf.Tensor,
                                                                   4. / 3.),
                        min_object_covered: float = 0.1,
                        max_attempts: int = 10,
-                       seed: Optional[int] = None) -> tf.Tensor:
+                       seed: Optional[int] = None,
+                       stateless_seed: Optional[tf.Tensor] = None
+                       ) -> tf.Tensor:
   """Inception-style random crop window (`sample_distorted_bounding_box`).
 
   Area is a fraction of the image area, aspect ratio is width / height. When
   no window is found within `max_attempts` the whole image is returned.
+  With `stateless_seed` (int64 [2]) the window is a function of that seed
+  (`stateless_sample_distorted_bounding_box`), as deterministic runs need.
   """
   image_shape = tf.cast(image_shape, tf.int32)
   bbox = tf.constant([0.0, 0.0, 1.0, 1.0], dtype=tf.float32, shape=[1, 1, 4])
-  kwargs = {} if seed is None else {'seed': seed}
-  begin, size, _ = tf.image.sample_distorted_bounding_box(
-      image_shape,
-      bounding_boxes=bbox,
-      min_object_covered=min_object_covered,
-      aspect_ratio_range=aspect_ratio_range,
-      area_range=area_range,
-      max_attempts=max_attempts,
-      use_image_if_no_bounding_boxes=True,
-      **kwargs)
+  kwargs = dict(bounding_boxes=bbox, min_object_covered=min_object_covered,
+                aspect_ratio_range=aspect_ratio_range, area_range=area_range,
+                max_attempts=max_attempts,
+                use_image_if_no_bounding_boxes=True)
+  if stateless_seed is not None:
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        image_shape, seed=stateless_seed, **kwargs)
+  else:
+    if seed is not None:
+      kwargs['seed'] = seed
+    begin, size, _ = tf.image.sample_distorted_bounding_box(image_shape,
+                                                            **kwargs)
   return tf.stack([begin[0], begin[1], size[0], size[1]])
 
 
@@ -261,7 +267,9 @@ def train_crop_window(image_shape: tf.Tensor, image_size: int,
                       area_range: Tuple[float, float],
                       aspect_ratio_range: Tuple[float, float],
                       crop_padding: int,
-                      seed: Optional[int] = None) -> tf.Tensor:
+                      seed: Optional[int] = None,
+                      stateless_seed: Optional[tf.Tensor] = None
+                      ) -> tf.Tensor:
   """Random-resized-crop window with the reference fallback.
 
   As in the reference `_decode_and_random_crop`: if the sampled window is the
@@ -274,7 +282,7 @@ def train_crop_window(image_shape: tf.Tensor, image_size: int,
   image_shape = tf.cast(image_shape, tf.int32)
   window = sample_crop_window(image_shape, area_range, aspect_ratio_range,
                               min_object_covered=0.1, max_attempts=10,
-                              seed=seed)
+                              seed=seed, stateless_seed=stateless_seed)
   bad = tf.logical_and(tf.reduce_all(tf.equal(window[2:], image_shape[:2])),
                        tf.equal(image_shape[2], 3))
   return tf.cond(bad,
@@ -665,8 +673,10 @@ def _make_source(params):
 # ----------------------------------------------------------------------------
 
 
-_LEGACY_RESIZE = {'bicubic': tf.compat.v1.image.resize_bicubic,
-                  'bilinear': tf.compat.v1.image.resize_bilinear}
+# TF1's resize_bicubic / resize_bilinear kernels (the compat wrappers only
+# add a deprecation warning).
+_LEGACY_RESIZE = {'bicubic': tf.raw_ops.ResizeBicubic,
+                  'bilinear': tf.raw_ops.ResizeBilinear}
 
 
 def _resize(image: tf.Tensor, image_size: int, method: str,
@@ -683,7 +693,8 @@ def _resize(image: tf.Tensor, image_size: int, method: str,
   size = [image_size, image_size]
   if half_pixel_centers:
     return tf.image.resize(image, size, method=method)
-  return _LEGACY_RESIZE[method](image[tf.newaxis], size, align_corners=False,
+  return _LEGACY_RESIZE[method](images=image[tf.newaxis], size=size,
+                                align_corners=False,
                                 half_pixel_centers=False)[0]
 
 
@@ -713,8 +724,9 @@ def _train_window_fn(params, image_size):
   crop_padding = params.eval_crop_padding
   area_range = tuple(params.crop_area_range or (0.08, 1.0))
   aspect_range = tuple(params.crop_aspect_ratio_range)
-  return lambda shape: train_crop_window(shape, image_size, area_range,
-                                         aspect_range, crop_padding)
+  return lambda shape, seed=None: train_crop_window(
+      shape, image_size, area_range, aspect_range, crop_padding,
+      stateless_seed=seed)
 
 
 def _eval_window_fn(params, image_size):
@@ -731,6 +743,12 @@ def make_preprocess_fn(params: mg_ic.DataConfig, image_size: int,
   Training: random-resized crop (decoded inside the window), bicubic resize,
   random flip, AutoAugment/RandAugment, normalization. Evaluation: padded
   center crop, resize, normalization. Raises (in the graph) on corrupt data.
+
+  Training with `params.deterministic` and a `params.seed`: preprocess takes
+  the example's position in the stream too, and its crop and flip are a
+  function of (seed, position) (stateless ops), so a resumed run that starts
+  the stream at its position augments every example as an uninterrupted run
+  does. Stateful augmenters (AutoAugment, RandAugment) are refused then.
   """
   dtype = _DTYPES[params.dtype]
   method = params.resize_method
@@ -739,14 +757,29 @@ def make_preprocess_fn(params: mg_ic.DataConfig, image_size: int,
     window_fn = _train_window_fn(params, image_size)
     augmenter = build_augmenter(params)
     flip = params.aug_rand_hflip
+    seed = params.seed if params.deterministic else None
+    if seed is not None and augmenter is not None:
+      raise ValueError(
+          f'deterministic training cannot use aug_type '
+          f'{params.aug_type.type!r}: its random ops are stateful; use none')
   else:
     window_fn = _eval_window_fn(params, image_size)
-    augmenter, flip = None, False
+    augmenter, flip, seed = None, False, None
 
-  def preprocess(image_bytes):
-    image = _resize(decode_and_crop(image_bytes, window_fn), image_size,
+  def preprocess(image_bytes, position=None):
+    crop_seed = flip_seed = None
+    if seed is not None:
+      crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(
+          tf.stack([tf.constant(seed, tf.int64),
+                    tf.cast(position, tf.int64)]), 2))
+    crop_fn = window_fn
+    if crop_seed is not None and window_fn is not None:
+      crop_fn = lambda shape: window_fn(shape, crop_seed)
+    image = _resize(decode_and_crop(image_bytes, crop_fn), image_size,
                     method, half_pixel_centers)
-    if flip:
+    if flip and flip_seed is not None:
+      image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    elif flip:
       # After the resize (cheaper than before it; the two commute).
       image = tf.image.random_flip_left_right(image)
     if augmenter is not None:
@@ -847,7 +880,7 @@ def _record_decoder(source, params, preprocess, image_size, num_classes):
   label_offset = resolved_label_offset(params)
   no_locator = source.no_locator
 
-  def decode(locator, record):
+  def decode(locator, record, position=None):
     image_bytes, label = source.extract(record)
     label = label - label_offset
     in_range = label >= 0
@@ -860,7 +893,8 @@ def _record_decoder(source, params, preprocess, image_size, num_classes):
     status = tf.where(tf.equal(label, _MISSING_LABEL - label_offset),
                       NO_LABEL, status)
     status = tf.where(tf.equal(locator, no_locator), SENTINEL, status)
-    image = tf.cond(tf.equal(status, OK), lambda: preprocess(image_bytes),
+    image = tf.cond(tf.equal(status, OK),
+                    lambda: preprocess(image_bytes, position),
                     lambda: tf.zeros([image_size, image_size, 3], dtype))
     return image, label, status
 
@@ -877,7 +911,6 @@ def _decode_checked(records, source, params, preprocess, image_size,
   'skip' mode, and (image, label) in 'fail' mode evaluation (the end-of-stream
   sentinel comes out as one padding example, label -1).
   """
-  dtype = _DTYPES[params.dtype]
   label_offset = resolved_label_offset(params)
   skip = params.on_bad_record == 'skip'
   no_locator = source.no_locator
@@ -914,7 +947,7 @@ def _decode_checked(records, source, params, preprocess, image_size,
                            num_classes)
 
   def process(seq, read_errors, locator, window, record):
-    image, label, status = decode(locator, record)
+    image, label, status = decode(locator, record, seq)
     return seq, read_errors, locator, window, image, label, status
 
   dataset = dataset.map(process, num_parallel_calls=tf.data.AUTOTUNE,
@@ -1053,7 +1086,7 @@ def _first(mask):
 
 
 def _train_batches_fail(records, source, params, preprocess, image_size,
-                        num_classes, batch_size):
+                        num_classes, batch_size, start_position=0):
   """Fail-mode training: (locator, record) stream -> checked full batches.
 
   The hot path is Model Garden's: one parallel map fused with the batch
@@ -1070,6 +1103,7 @@ def _train_batches_fail(records, source, params, preprocess, image_size,
   sentinels, which fails too.
   """
   size = batch_size
+  label_offset = resolved_label_offset(params)
   no_locator = source.no_locator
   sentinel = source.sentinel()
   sentinels = tf.nest.map_structure(
@@ -1099,10 +1133,12 @@ def _train_batches_fail(records, source, params, preprocess, image_size,
     out = tf.cond(count % heartbeat_blocks == 0, with_heartbeat, lambda: out)
     return (locator, seq[-1], errors[-1], count), out
 
-  dataset = records.enumerate().ignore_errors(log_warning=True)
+  # Sequence numbers count from the stream position (0 unless resumed).
+  start = tf.constant(start_position, tf.int64)
+  dataset = records.enumerate(start_position).ignore_errors(log_warning=True)
   dataset = dataset.batch(size, drop_remainder=True).scan(
       (tf.fill([size], tf.constant(no_locator, source.locator_dtype)),
-       tf.constant(-1, tf.int64), tf.constant(0, tf.int64),
+       start - 1, tf.constant(0, tf.int64),
        tf.constant(0, tf.int64)), remember).unbatch()
 
   decode = _record_decoder(source, params, preprocess, image_size,
@@ -1110,7 +1146,7 @@ def _train_batches_fail(records, source, params, preprocess, image_size,
 
   def process(seq, errors, locator, window, raw):
     locator, record = source.split(raw)
-    image, label, status = decode(locator, record)
+    image, label, status = decode(locator, record, seq)
     return seq, errors, locator, window, image, label, status
 
   dataset = dataset.map(process, num_parallel_calls=tf.data.AUTOTUNE,
@@ -1158,7 +1194,7 @@ def _train_batches_fail(records, source, params, preprocess, image_size,
     vanished = seq[0] - expected - (errors[0] - errors_seen)
     bad_status = tf.logical_and(tf.logical_not(beat),
                                 tf.reduce_any(tf.not_equal(status, OK)))
-    empty = tf.logical_and(beat, tf.equal(seq[0], 0))
+    empty = tf.logical_and(beat, tf.equal(seq[0], start))
     ok = tf.logical_not(tf.reduce_any(tf.stack([
         new_errors > 0, vanished > 0, bad_status, empty])))
 
@@ -1197,8 +1233,7 @@ def _train_batches_fail(records, source, params, preprocess, image_size,
     expected = tf.where(beat, expected, seq[-1] + 1)
     return (expected, errors[-1]), (image, tf.cast(label, tf.int32), keep)
 
-  zero = tf.constant(0, tf.int64)
-  dataset = dataset.scan((zero, zero), check)
+  dataset = dataset.scan((start, tf.constant(0, tf.int64)), check)
   dataset = dataset.filter(lambda images, labels, keep: keep)
   return dataset.map(lambda images, labels, keep: (images, labels))
 
@@ -1250,7 +1285,7 @@ def _pipelines(input_context: Optional[tf.distribute.InputContext],
 
 
 def _build_train(params, source, image_size, input_context, num_pipelines,
-                 pipeline_id, per_replica_batch, num_classes):
+                 pipeline_id, per_replica_batch, num_classes, start_step):
   dataset = source.train_records(params, input_context, num_pipelines,
                                  pipeline_id)
   if params.cache:
@@ -1258,9 +1293,20 @@ def _build_train(params, source, image_size, input_context, num_pipelines,
   dataset = dataset.shuffle(params.shuffle_buffer_size, seed=params.seed,
                             reshuffle_each_iteration=True)
   preprocess = make_preprocess_fn(params, image_size, True)
+  # A resumed deterministic run continues this pipeline's stream where the
+  # checkpoint's step left it: the records before are read, not decoded.
+  start = start_step * (params.global_batch_size // num_pipelines)
   if params.on_bad_record == 'fail':
-    return _train_batches_fail(dataset.repeat(), source, params, preprocess,
-                               image_size, num_classes, per_replica_batch)
+    records = dataset.repeat()
+    if start:
+      records = records.skip(start)
+    return _train_batches_fail(records, source, params, preprocess,
+                               image_size, num_classes, per_replica_batch,
+                               start_position=start)
+  if start:
+    raise ValueError(
+        "a deterministic resume needs on_bad_record='fail' (with 'skip' the "
+        "stream position of a step is not known)")
   # An end-of-pass sentinel after every pass: a pass that yields no usable
   # record fails instead of repeating forever.
   dataset = dataset.concatenate(
@@ -1330,6 +1376,7 @@ def build_dataset(
     image_size: int,
     input_context: Optional[tf.distribute.InputContext] = None,
     num_classes: Optional[int] = None,
+    start_step: int = 0,
 ) -> tf.data.Dataset:
   """Builds one input pipeline of (images, labels) batches.
 
@@ -1344,6 +1391,8 @@ def build_dataset(
       pipeline feeding one replica with the global batch.
     num_classes: if given, a label outside [0, num_classes) (after
       label_offset) is a bad record; negative labels always are.
+    start_step: training only: the stream starts after this many global
+      batches (a resumed deterministic run; 0 otherwise).
 
   Returns:
     Batches of per-replica size, all full: images [b, S, S, 3] in
@@ -1358,7 +1407,7 @@ def build_dataset(
   if params.is_training:
     dataset = _build_train(params, source, image_size, input_context,
                            num_pipelines, pipeline_id, per_replica_batch,
-                           num_classes)
+                           num_classes, start_step)
   else:
     dataset = _build_eval(params, source, image_size, num_pipelines,
                           pipeline_id, per_replica_batch, num_classes)

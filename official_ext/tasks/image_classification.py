@@ -38,7 +38,13 @@ def l2_weight_decay(variables) -> tf.Tensor:
 
 @task_factory.register_task_cls(exp_cfg.ImageClassificationTask)
 class ImageClassificationTask(mg_image_classification.ImageClassificationTask):
-  """Image classification trained with the paper's recipe."""
+  """Image classification trained with the paper's recipe.
+
+  `resume_step`: the training stream starts after this many global batches;
+  the run driver sets it to the checkpoint's step for a deterministic resume.
+  """
+
+  resume_step: int = 0
 
   @classmethod
   def create_optimizer(cls, optimizer_config, runtime_config=None,
@@ -59,7 +65,8 @@ class ImageClassificationTask(mg_image_classification.ImageClassificationTask):
     return classification_input.build_dataset(
         params, image_size=self.task_config.model.input_size[0],
         input_context=input_context,
-        num_classes=self.task_config.model.num_classes)
+        num_classes=self.task_config.model.num_classes,
+        start_step=self.resume_step if params.is_training else 0)
 
   def build_metrics(self, training: bool = True) -> List[Any]:
     top_k = min(self.task_config.evaluation.top_k,

@@ -179,12 +179,19 @@ class RuntimeConfig(cfg.RuntimeConfig):
   cores_per_chip: cores (replicas) per chip of that mesh; 2 on TPU-v3.
   tpu_connect_timeout_s: how long to wait for the TPU's address to answer
     before stopping with an error.
+  deterministic: op determinism, fixed seeds and a training stream that a
+    resume continues exactly, so an interrupted run ends as an uninterrupted
+    one (official_ext.core.determinism; refuses dropout, stochastic depth,
+    AutoAugment/RandAugment).
+  seed: the seed of a deterministic run (weights, data order, augmentation).
   """
   num_cpu_replicas: int = 0
   tpu_cores: int = 0
   device_mesh: List[int] = dataclasses.field(default_factory=list)
   cores_per_chip: int = 2
   tpu_connect_timeout_s: float = 60.0
+  deterministic: bool = False
+  seed: int = 0
   mixed_precision_dtype: Optional[str] = 'float32'
 
 
