@@ -50,7 +50,8 @@ class WriteFile:
 
   @property
   def text(self) -> str:
-    return f"cat > {shlex.quote(self.path)} <<'EOF'\n{self.content.rstrip()}\nEOF"
+    return (f"cat > {shlex.quote(self.path)} <<'EOF'\n"
+            f"{self.content.rstrip()}\nEOF")
 
 
 Step = Union[Command, WriteFile]
