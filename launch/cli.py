@@ -29,14 +29,23 @@ def parse(argv: Sequence[str], define: Callable[[flags.FlagValues], None]
   return values
 
 
+HELP_FLAGS = ('--help', '-h', '--helpshort', '--helpfull')
+
+
 def main(argv: Sequence[str], define: Callable[[flags.FlagValues], None],
-         launch: Callable[[flags.FlagValues], List[commands.Command]],
-         interrupted_hint: str = '') -> int:
+         launch: Callable[[flags.FlagValues], List[commands.Step]],
+         doc: str = '', interrupted_hint: str = '') -> int:
   """Parses, plans (`launch` returns the commands), then prints or runs.
 
   `launch` may run query commands itself (unless --dry_run) to decide the
-  plan; it raises LaunchError for a bad flag or cluster state.
+  plan; it raises LaunchError for a bad flag or cluster state. --help
+  prints `doc` and the flags.
   """
+  if any(arg in HELP_FLAGS for arg in argv[1:]):
+    values = flags.FlagValues()
+    define(values)
+    print(f'{doc.strip()}\n\nflags:\n{values.get_help()}')
+    return 0
   try:
     values = parse(argv, define)
     plan = launch(values)

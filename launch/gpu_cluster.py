@@ -188,7 +188,8 @@ def plan(values) -> List[Command]:
 
 
 def main(argv=None) -> int:
-  return cli.main(sys.argv if argv is None else argv, define_flags, plan)
+  return cli.main(sys.argv if argv is None else argv, define_flags, plan,
+                  doc=__doc__)
 
 
 if __name__ == '__main__':

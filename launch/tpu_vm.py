@@ -215,7 +215,7 @@ def start_command(values, wanted: slices.SliceType, train_argv: List[str],
   # records train.py's exit status for the log stream.
   job = (f'( trap "" HUP; cd {WORKDIR} && '
          f'{train_command.shell(train_argv, env)}; echo $? > ~/{files["rc"]} '
-         f') > {files["log"]} 2>&1 < /dev/null & echo $! > {files["pid"]}')
+         f') >> {files["log"]} 2>&1 < /dev/null & echo $! > {files["pid"]}')
   start = (f'{_running(files)} && echo "train.py is already running" || '
            f'{{ rm -f {files["rc"]}; {job}; }}')
   return _ssh(values, '0', start,
@@ -288,7 +288,7 @@ def launch(values) -> List[Command]:
 
 def main(argv=None) -> int:
   return cli.main(
-      sys.argv if argv is None else argv, define_flags, launch,
+      sys.argv if argv is None else argv, define_flags, launch, doc=__doc__,
       interrupted_hint=('train.py goes on on the slice; stream its log again '
                         'with --logs, stop it with --delete'))
 

@@ -131,3 +131,28 @@ def test_ssh_launch_runs_every_worker_and_reports_a_failure(capsys,
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 1 and len(err) == 1, err
   assert err[0].startswith(f'error: command exited with status 1: {fake_ssh}')
+
+
+def test_slurm_launch_writes_the_script_and_submits_it(capsys, tmp_path,
+                                                       monkeypatch):
+  fake_sbatch = tmp_path / 'bin' / 'sbatch'
+  fake_sbatch.parent.mkdir()
+  submitted = tmp_path / 'submitted'
+  fake_sbatch.write_text(f'#!/bin/sh\necho "$1" > {submitted}\n')
+  fake_sbatch.chmod(0o755)
+  monkeypatch.setenv('PATH', f'{fake_sbatch.parent}:/usr/bin:/bin')
+  script = tmp_path / 'job.sbatch'
+  argv = [a for a in BASE if not a.startswith('--hosts')] + [
+      '--slurm', '--nodes=2', f'--sbatch_script={script}']
+  code = gpu_cluster.main(argv)
+  out, err = capsys.readouterr()
+  assert code == 0, err
+  assert script.read_text().startswith('#!/bin/bash\n#SBATCH')
+  assert '#SBATCH --nodes=2' in script.read_text()
+  assert submitted.read_text().strip() == str(script)
+
+
+def test_help_lists_the_flags(capsys):
+  assert gpu_cluster.main(['prog', '--help']) == 0
+  out = capsys.readouterr().out
+  assert '--hosts' in out and '--slurm' in out and '--dry_run' in out

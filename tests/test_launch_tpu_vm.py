@@ -196,3 +196,9 @@ def test_the_module_runs_as_a_command():
 def tpu_vm_flags(argv):
   from launch import cli  # pylint: disable=g-import-not-at-top
   return cli.parse(argv, tpu_vm.define_flags)
+
+
+def test_help_lists_the_flags(capsys):
+  assert tpu_vm.main(['prog', '--help']) == 0
+  out = capsys.readouterr().out
+  assert '--slice' in out and '--bucket' in out and '--dry_run' in out
