@@ -489,7 +489,8 @@ def main(argv=None) -> int:
                      args.collective_overhead_us * 1e-6)
   start = time.perf_counter()
   print(f'Table 1 report: measuring {", ".join(models)} on '
-        f'{", ".join(map(str, replica_counts))} logical CPU replicas', flush=True)
+        f'{", ".join(map(str, replica_counts))} logical CPU replicas',
+        flush=True)
   measured = [measure(m, args, replica_counts) for m in models]
   print_measured(measured, args)
   print_projection(measured, ici)

@@ -77,7 +77,7 @@ def parse_args(argv=None):
                       f'strategy) and/or up to {MAX_REPLICAS} logical CPUs')
   parser.add_argument('--steps', type=int, default=3,
                       help='timed steps per task per round')
-  parser.add_argument('--rounds', type=int, default=5)
+  parser.add_argument('--rounds', type=int, default=7)
   parser.add_argument('--warmup', type=int, default=1)
   return parser.parse_args(argv)
 
@@ -122,7 +122,8 @@ def model_garden_task_config(ours) -> mg_configs.ImageClassificationTask:
                                l2_weight_decay=ours.task.losses.weight_decay))
 
 
-def model_garden_optimizer_config(ours) -> optimization_config.OptimizationConfig:
+def model_garden_optimizer_config(
+    ours) -> optimization_config.OptimizationConfig:
   """Model Garden's LARS + EMA, with our run's LR schedule and constants."""
   lars = ours.trainer.optimizer_config.optimizer.paper_lars
   schedule = ours.trainer.optimizer_config.learning_rate.get()
@@ -234,10 +235,11 @@ def compare(args, replicas: int) -> float:
   wall, cpu = interleaved.time_interleaved(
       steps, args.steps, args.rounds, wait=lambda out: wait(out, strategy))
   global_batch = args.per_replica_batch * replicas
-  print(f'  EfficientNet-{our_params(args, 1).task.model.backbone.get().model_id.upper()}'
-        f' {args.image_size}x{args.image_size}, {global_batch} images per '
-        f'step, float32; median / best over {args.rounds} rounds of '
-        f'{args.steps} steps (tf {tf.__version__}, {os.cpu_count()} cores):')
+  model_id = our_params(args, 1).task.model.backbone.get().model_id
+  print(f'  EfficientNet-{model_id.upper()} {args.image_size}x'
+        f'{args.image_size}, {global_batch} images per step, float32; '
+        f'median / best over {args.rounds} rounds of {args.steps} steps '
+        f'(tf {tf.__version__}, {os.cpu_count()} cores):')
   ips = {}
   for name in steps:
     med = statistics.median(wall[name])
@@ -280,9 +282,10 @@ def main(argv=None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   ratios = {n: compare(args, n) for n in settings}
-  print('\nsummary: ours / Model Garden training-step throughput: ' + ', '.join(
-      f'{"1 device" if n == 1 else f"{n} replicas"} {r:.2f}x'
-      for n, r in ratios.items()) + f' (total {time.perf_counter() - start:.0f} s)')
+  summary = ', '.join(f'{"1 device" if n == 1 else f"{n} replicas"} {r:.2f}x'
+                      for n, r in ratios.items())
+  print(f'\nsummary: ours / Model Garden training-step throughput: {summary} '
+        f'(total {time.perf_counter() - start:.0f} s)')
   return 0
 
 

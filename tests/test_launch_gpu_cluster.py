@@ -101,7 +101,8 @@ def test_the_launch_refuses_a_batch_that_does_not_split_over_the_gpus(capsys):
 
 
 @pytest.mark.parametrize('flag, fragment', [
-    ('--experiment=effnet_b5_lars_64k', "unknown experiment 'effnet_b5_lars_64k'"),
+    ('--experiment=effnet_b5_lars_64k',
+     "unknown experiment 'effnet_b5_lars_64k'"),
     ('--hosts=gpu1,gpu1', 'names worker gpu1:2222 twice'),
     ('--hosts=gpu1,,gpu2', "--hosts entry '' is not"),
     ('--gpus_per_host=0', '--gpus_per_host=0 must be >= 1'),

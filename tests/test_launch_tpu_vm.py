@@ -123,7 +123,8 @@ def test_a_one_host_slice_trains_with_the_local_tpu(capsys):
 
 
 @pytest.mark.parametrize('flag, fragment', [
-    ('--experiment=effnet_b5_lars_64k', "unknown experiment 'effnet_b5_lars_64k'"),
+    ('--experiment=effnet_b5_lars_64k',
+     "unknown experiment 'effnet_b5_lars_64k'"),
     ('--slice=v3-1000', "--slice='v3-1000' is not a TPU slice type"),
     ('--slice=v5-8', "--slice='v5-8' is not a TPU slice type"),
     ('--bucket=my-bucket', "--bucket='my-bucket' is not a gs:// location"),
