@@ -25,12 +25,16 @@ it with `sbatch`.
 The model_dir is the one given: relaunching the same command resumes from
 its latest checkpoint.
 """
+import os
 import re
 import shlex
 import sys
 from typing import List, Tuple
 
-from absl import flags
+# TensorFlow's C++ INFO/WARNING lines would bury the one-line errors.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import flags  # pylint: disable=g-import-not-at-top
 
 from launch import cli
 from launch import tf_config

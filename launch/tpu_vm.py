@@ -30,7 +30,10 @@ import sys
 import tempfile
 from typing import List, Optional, Tuple
 
-from absl import flags
+# TensorFlow's C++ INFO/WARNING lines would bury the one-line errors.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import flags  # pylint: disable=g-import-not-at-top
 import tensorflow as tf
 
 from launch import cli
@@ -116,7 +119,8 @@ def _check_names(values) -> None:
     if value is not None and not _BUCKET.fullmatch(value):
       raise LaunchError(
           f'--{name}={value!r} is not a gs:// location; use gs://BUCKET[/path]'
-          ' (every TPU worker reads it)')
+          ' with a bucket name of 3-222 lowercase letters, digits, -, _ or . '
+          '(every TPU worker reads it)')
 
 
 def run_files(run_name: str) -> dict:

@@ -188,10 +188,10 @@ def test_the_module_runs_as_a_command():
        '--bucket=gs://my-bucket', '--experiment=nope', '--dry_run'],
       cwd=tpu_vm.train_command.ROOT, capture_output=True, text=True,
       timeout=300, check=False)
-  assert result.returncode == 2 and 'Traceback' not in result.stderr
-  assert [l for l in result.stderr.splitlines() if l.startswith('error:')
-          ] == [l for l in result.stderr.splitlines()
-                if 'unknown experiment' in l]
+  assert result.returncode == 2 and not result.stdout
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      "error: unknown experiment 'nope'"), result.stderr
 
 
 def tpu_vm_flags(argv):
