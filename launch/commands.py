@@ -87,6 +87,11 @@ def _failure(command: Command, returncode: int) -> CommandFailed:
       f'command exited with status {returncode}: {command.text}')
 
 
+def _not_found(argv: Sequence[str], error: OSError) -> CommandFailed:
+  return CommandFailed(f'cannot run {argv[0]} ({error.strerror}); install it '
+                       f'or put it on PATH: {shlex.join(argv)}')
+
+
 def run(commands: Sequence[Step], out=None) -> None:
   """Runs `commands` in order; raises CommandFailed at the first failure.
 
@@ -110,7 +115,10 @@ def run(commands: Sequence[Step], out=None) -> None:
     if len(group) == 1 and not group[0].concurrent:
       number += 1
       print(f'+ {group[0].text}', file=out, flush=True)
-      result = subprocess.run(group[0].argv, check=False)
+      try:
+        result = subprocess.run(group[0].argv, check=False)
+      except OSError as e:
+        raise _not_found(group[0].argv, e) from e
       if result.returncode:
         raise _failure(group[0], result.returncode)
       continue
@@ -118,9 +126,14 @@ def run(commands: Sequence[Step], out=None) -> None:
     for command in group:
       number += 1
       print(f'+ [{number}] {command.text}', file=out, flush=True)
-      process = subprocess.Popen(
-          command.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-          text=True, bufsize=1)
+      try:
+        process = subprocess.Popen(
+            command.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, bufsize=1)
+      except OSError as e:
+        for _, started, _ in processes:
+          started.terminate()
+        raise _not_found(command.argv, e) from e
       thread = threading.Thread(target=_stream,
                                 args=(process, f'[{number}] ', out),
                                 daemon=True)
@@ -149,6 +162,9 @@ def _stream(process: subprocess.Popen, prefix: str, out) -> None:
 
 def capture(argv: Sequence[str]) -> Tuple[int, str]:
   """Runs a query command; returns (exit status, stdout)."""
-  result = subprocess.run(list(argv), capture_output=True, text=True,
-                          check=False)
+  try:
+    result = subprocess.run(list(argv), capture_output=True, text=True,
+                            check=False)
+  except OSError as e:
+    raise _not_found(argv, e) from e
   return result.returncode, result.stdout

@@ -203,3 +203,11 @@ def test_help_lists_the_flags(capsys):
   assert tpu_vm.main(['prog', '--help']) == 0
   out = capsys.readouterr().out
   assert '--slice' in out and '--bucket' in out and '--dry_run' in out
+
+
+def test_a_missing_gcloud_is_one_line(monkeypatch, capsys, tmp_path):
+  monkeypatch.setenv('PATH', str(tmp_path))
+  code = tpu_vm.main(BASE)
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 1 and len(err) == 1, err
+  assert err[0].startswith('error: cannot run gcloud'), err
