@@ -77,7 +77,8 @@ class Table2Row:
         warmup_epochs=self.warmup_epochs, tpu_cores=self.tpu_cores,
         randaug_magnitude=self.randaug_magnitude,
         autoaugment_policy=self.autoaugment_policy,
-        bn_group_rule=self.bn.rule, bn_batch_size=self.bn.bn_batch_size)
+        bn_group_rule=self.bn.rule, bn_batch_size=self.bn.bn_batch_size,
+        label_offset=None)  # ImageNet TFRecords 1-based, TFDS 0-based.
 
 
 TABLE_2 = (

@@ -58,6 +58,9 @@ class Recipe:
   aug_rand_hflip: bool = True
   crop_area_range: Tuple[float, float] = (0.08, 1.0)
   eval_crop_padding: int = 32
+  # Subtracted from stored labels; None: ImageNet's convention of the source
+  # (1 for TFRecords, 0 for TFDS imagenet2012).
+  label_offset: Optional[int] = 0
   # RandAugment of the reference code (2 layers, cutout 40, translate 100)
   # at this magnitude; None: no RandAugment.
   randaug_magnitude: Optional[float] = None
@@ -141,6 +144,7 @@ def build_experiment(r: Recipe) -> exp_cfg.ExperimentConfig:
         aug_type=_augmentation(r) if is_training else None,
         crop_area_range=r.crop_area_range,
         eval_crop_padding=r.eval_crop_padding,
+        label_offset=r.label_offset,
         drop_remainder=is_training)
 
   config = exp_cfg.ExperimentConfig(

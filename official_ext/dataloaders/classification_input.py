@@ -806,6 +806,31 @@ def _describe_window(source, window, count):
       lambda: text)
 
 
+def resolved_label_offset(params: mg_ic.DataConfig) -> int:
+  """label_offset, or for None the ImageNet convention of the source.
+
+  ImageNet TFRecords (the TPU repo's `imagenet_to_gcs.py`, Model Garden's
+  converter) store classes 1..1000; TFDS `imagenet2012` stores 0..999.
+  """
+  offset = getattr(params, 'label_offset', 0)
+  if offset is None:
+    return 0 if params.tfds_name else 1
+  return offset
+
+
+def _label_offset_hint(labels: List[int], offset: int,
+                       num_classes: Optional[int]) -> str:
+  """'; they fit label_offset=K' when the sampled labels fit only offset K."""
+  if not labels:
+    return ''
+  for other in (0, 1):
+    if other != offset and min(labels) - other >= 0 and (
+        not num_classes or max(labels) - other < num_classes):
+      return (f'; the {len(labels)} sampled labels ({min(labels)}..'
+              f'{max(labels)}) fit label_offset={other}')
+  return '; check num_classes and label_offset'
+
+
 def _label_note(label, label_offset, num_classes):
   return tf.strings.join([
       ' (stored label ', tf.strings.as_string(label + label_offset),
@@ -819,7 +844,7 @@ def _record_decoder(source, params, preprocess, image_size, num_classes):
   Missing fields, out-of-range labels and sentinels (locator no_locator) get
   their status and a zero image; decoding a corrupt image raises."""
   dtype = _DTYPES[params.dtype]
-  label_offset = params.label_offset
+  label_offset = resolved_label_offset(params)
   no_locator = source.no_locator
 
   def decode(locator, record):
@@ -853,7 +878,7 @@ def _decode_checked(records, source, params, preprocess, image_size,
   sentinel comes out as one padding example, label -1).
   """
   dtype = _DTYPES[params.dtype]
-  label_offset = params.label_offset
+  label_offset = resolved_label_offset(params)
   skip = params.on_bad_record == 'skip'
   no_locator = source.no_locator
   if not is_training:
@@ -1145,7 +1170,7 @@ def _train_batches_fail(records, source, params, preprocess, image_size,
       def bad_record():
         i = _first(tf.not_equal(status, OK))
         note = tf.cond(tf.equal(status[i], LABEL_OUT_OF_RANGE),
-                       lambda: _label_note(label[i], params.label_offset,
+                       lambda: _label_note(label[i], label_offset,
                                            num_classes),
                        lambda: tf.constant(''))
         return tf.strings.join([
@@ -1453,15 +1478,16 @@ def check_source(params: mg_ic.DataConfig, num_classes: Optional[int] = None,
   handling. Returns a short description of the source.
   """
   _check_params(params, image_size=None)
+  label_offset = resolved_label_offset(params)
   if params.tfds_name:
     source = _TFDSSource(params)
     if num_classes:
       feature = source.builder.info.features[params.tfds_label_key]
       stored = getattr(feature, 'num_classes', None)
-      if stored is not None and stored - params.label_offset > num_classes:
+      if stored is not None and stored - label_offset > num_classes:
         raise ValueError(
             f'TFDS dataset {params.tfds_name!r} has {stored} classes '
-            f'(labels 0..{stored - 1}), label_offset {params.label_offset}, '
+            f'(labels 0..{stored - 1}), label_offset {label_offset}, '
             f'but the model has num_classes={num_classes}')
     samples = _sample_tfds_labels(source, max_records)
   else:
@@ -1469,6 +1495,7 @@ def check_source(params: mg_ic.DataConfig, num_classes: Optional[int] = None,
     samples = _sample_tfrecord_labels(source.files, params.label_field_key,
                                       params.image_field_key, max_records)
   decoded, undecodable = 0, []
+  labels, first_outside = [], None
   for where, label, image in samples:
     if decoded + len(undecodable) < DECODE_CHECK_RECORDS:
       if _decodable(image):
@@ -1481,12 +1508,17 @@ def check_source(params: mg_ic.DataConfig, num_classes: Optional[int] = None,
               "(on_bad_record is 'fail')")
     if label is None:
       continue
-    shifted = label - params.label_offset
-    if shifted < 0 or (num_classes and shifted >= num_classes):
-      raise ValueError(
-          f'label {label} of {where} minus label_offset '
-          f'{params.label_offset} is outside [0, {num_classes or "inf"}) '
-          '(1-based labels need label_offset=1; check num_classes)')
+    labels.append(label)
+    shifted = label - label_offset
+    if first_outside is None and (
+        shifted < 0 or (num_classes and shifted >= num_classes)):
+      first_outside = where, label
+  if first_outside:
+    where, label = first_outside
+    raise ValueError(
+        f'label {label} of {where} minus label_offset {label_offset} is '
+        f'outside [0, {num_classes or "inf"})'
+        + _label_offset_hint(labels, label_offset, num_classes))
   if undecodable and not decoded:
     raise ValueError(
         f'none of the {len(undecodable)} sampled records has a decodable '

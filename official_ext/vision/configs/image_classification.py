@@ -38,7 +38,9 @@ class DataConfig(mg_ic.DataConfig):
       centers), so eval images equal the reference's; True:
       `tf.image.resize`'s half-pixel centers.
     label_offset: subtracted from stored labels (1 for 1-based ImageNet), for
-      TFRecords and TFDS alike.
+      TFRecords and TFDS alike; None: the ImageNet convention of the source,
+      1 for TFRecords (`imagenet_to_gcs.py`, Model Garden: 1..1000) and 0 for
+      TFDS (`imagenet2012`: 0..999).
     on_bad_record: 'fail' (default): a record that cannot be parsed, has no
       label or image, whose image cannot be decoded or whose label is out of
       range stops training with an error naming its file and record index;
@@ -55,7 +57,7 @@ class DataConfig(mg_ic.DataConfig):
   eval_crop_padding: int = 32
   resize_method: str = 'bicubic'
   resize_half_pixel_centers: bool = False
-  label_offset: int = 0
+  label_offset: Optional[int] = 0
   on_bad_record: str = 'fail'
   tfds_image_key: str = 'image'
   tfds_label_key: str = 'label'
