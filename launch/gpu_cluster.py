@@ -65,8 +65,9 @@ def define_flags(values: flags.FlagValues) -> None:
   string('data', None, 'Dataset directory seen by every host: train-*/'
          'validation-* TFRecords, or a TFDS data_dir with --data_format=tfds.')
   string('data_format', 'tfrecord', 'tfrecord or tfds (imagenet2012).')
-  integer('label_offset', None, 'Subtracted from labels (default 1 for '
-          'TFRecords, 0 for TFDS).')
+  integer('label_offset', None, 'Subtracted from labels (default: the '
+          "experiment's; the paper rows read ImageNet's convention of the "
+          'source).')
   string('params_override', '', 'Passed on to train.py, after the '
          "launcher's own fields.")
   integer('port', DEFAULT_PORT, 'Port of each worker (hosts without :port).')

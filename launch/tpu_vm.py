@@ -76,7 +76,8 @@ def define_flags(values: flags.FlagValues) -> None:
          'data_dir with --data_format=tfds.')
   string('data_format', 'tfrecord', 'tfrecord or tfds (imagenet2012).')
   flags.DEFINE_integer('label_offset', None, 'Subtracted from labels '
-                       '(default 1 for TFRecords, 0 for TFDS).',
+                       "(default: the experiment's; the paper rows read "
+                       'ImageNet\'s convention of the source).',
                        flag_values=values)
   string('params_override', '', 'Passed on to train.py, after the '
          "launcher's own fields, e.g. runtime.tpu_cores=512.")

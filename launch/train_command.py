@@ -24,9 +24,6 @@ GIN_DIR = 'gin'
 RUNS_DIR = 'runs'
 MODE = 'train_and_eval'
 DATA_FORMATS = ('tfrecord', 'tfds')
-# ImageNet TFRecords (tensorflow/tpu imagenet_to_gcs.py, Model Garden's) hold
-# labels 1..1000; TFDS imagenet2012 holds 0..999.
-DEFAULT_LABEL_OFFSET = {'tfrecord': 1, 'tfds': 0}
 TFDS_NAME = 'imagenet2012'
 SPLITS = (('train_data', 'train'), ('validation_data', 'validation'))
 _SLICE_GIN_BINDINGS = {
@@ -82,12 +79,14 @@ def stable_model_dir(base: str, run_name: str) -> str:
 
 def data_overrides(data: str, data_format: str,
                    label_offset: Optional[int] = None) -> Dict[str, object]:
-  """Override fields that point both splits at `data`."""
+  """Override fields that point both splits at `data`.
+
+  The label offset is left to the experiment unless given: the paper rows
+  read ImageNet's convention of the source (label_offset=None).
+  """
   if data_format not in DATA_FORMATS:
     raise LaunchError(f'--data_format={data_format!r}; use one of '
                       f'{", ".join(DATA_FORMATS)}')
-  if label_offset is None:
-    label_offset = DEFAULT_LABEL_OFFSET[data_format]
   data = data.rstrip('/')
   fields = {}
   for split, name in SPLITS:
@@ -98,7 +97,8 @@ def data_overrides(data: str, data_format: str,
       fields[f'{prefix}.tfds_name'] = TFDS_NAME
       fields[f'{prefix}.tfds_split'] = name
       fields[f'{prefix}.tfds_data_dir'] = data
-    fields[f'{prefix}.label_offset'] = label_offset
+    if label_offset is not None:
+      fields[f'{prefix}.label_offset'] = label_offset
   return fields
 
 

@@ -211,3 +211,17 @@ def test_a_missing_gcloud_is_one_line(monkeypatch, capsys, tmp_path):
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 1 and len(err) == 1, err
   assert err[0].startswith('error: cannot run gcloud'), err
+
+
+def test_labels_follow_the_experiment_unless_an_offset_is_given(capsys):
+  def override(lines):
+    return next(a for a in train_argv(lines[5])
+                if a.startswith('--params_override='))
+  assert 'label_offset' not in override(dry_run(capsys))
+  tfds = override(dry_run(capsys, '--data=gs://my-bucket/tfds',
+                          '--data_format=tfds', '--label_offset=0'))
+  for field in ('task.train_data.tfds_name=imagenet2012',
+                'task.validation_data.tfds_split=validation',
+                'task.train_data.tfds_data_dir=gs://my-bucket/tfds',
+                'task.train_data.label_offset=0'):
+    assert field in tfds, tfds
