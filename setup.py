@@ -10,7 +10,7 @@ setuptools.setup(
     python_requires=">=3.10,<3.13",
     packages=setuptools.find_packages(
         include=["official_ext", "official_ext.*", "experiments",
-                 "experiments.*"]),
+                 "experiments.*", "launch", "launch.*"]),
     py_modules=["train"],
     package_data={"": ["*.gin"]},
     install_requires=[
