@@ -1,6 +1,6 @@
 """Registers the paper's optimizers and schedules with Model Garden's factory.
 
-`paper_lars` and `paper_rmsprop` go through Model Garden's public
+`paper_lars`, `paper_rmsprop` and `sm3` go through Model Garden's public
 `register_optimizer_cls`. Model Garden keeps schedules in a dict with no
 register function, so the per-256-scaled schedules are built by a subclass of
 its `OptimizerFactory` that handles the two new schedule types and defers to
@@ -15,10 +15,12 @@ from official_ext.modeling.optimization import ema
 from official_ext.modeling.optimization import lars
 from official_ext.modeling.optimization import lr_schedule
 from official_ext.modeling.optimization import rmsprop
+from official_ext.modeling.optimization import sm3
 
 PAPER_OPTIMIZERS = {
     'paper_lars': lars.PaperLARS,
     'paper_rmsprop': rmsprop.PaperRMSProp,
+    'sm3': sm3.SM3,
 }
 for _name, _cls in PAPER_OPTIMIZERS.items():
   if _name not in optimizer_factory.LEGACY_OPTIMIZERS_CLS:
