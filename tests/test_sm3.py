@@ -144,3 +144,13 @@ def test_bad_values_are_one_line_errors(field, value):
     factory.build_optimizer(config)
   # Gin (Model Garden's configurable factory) appends its own context line.
   assert f'sm3.{field}' in str(e.value).splitlines()[0]
+
+
+def test_config_round_trip():
+  opt = sm3.SM3(learning_rate=0.3, momentum=0.5, weight_decay=1e-4,
+                skip_list=['bias'], global_clipnorm=1.0)
+  config = opt.get_config()
+  assert config['momentum'] == 0.5 and config['weight_decay'] == 1e-4
+  assert config['skip_list'] == ['bias'] and config['global_clipnorm'] == 1.0
+  assert config['learning_rate'] == pytest.approx(0.3)
+  assert sm3.SM3.from_config(dict(config)).get_config() == config
