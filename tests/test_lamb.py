@@ -43,9 +43,9 @@ def lamb_reference(weight_decay, skip=True, lr=LR):
 
 def build(weight_decay, **overrides):
   config = configs.OptimizationConfig({
-      'optimizer': {'type': 'lamb', 'lamb': dict(
-          weight_decay_rate=weight_decay, beta_1=BETA_1, beta_2=BETA_2,
-          epsilon=EPS, **overrides)},
+      'optimizer': {'type': 'lamb', 'lamb': {
+          'weight_decay_rate': weight_decay, 'beta_1': BETA_1,
+          'beta_2': BETA_2, 'epsilon': EPS, **overrides}},
       'learning_rate': {'type': 'constant',
                         'constant': {'learning_rate': LR}}})
   opt = factory.build_optimizer(config)
@@ -83,3 +83,13 @@ def test_without_skip_list_bn_and_bias_are_adapted():
                                       exclude_from_layer_adaptation=[]),
                                 lamb_reference(0.1, skip=False), steps=2)
   ref.assert_trajectories_close(tf_traj, np_traj)
+
+
+@pytest.mark.parametrize('field,value', [('beta_1', 1.0), ('beta_2', -0.1),
+                                         ('epsilon', -1.0),
+                                         ('weight_decay_rate', -1e-5)])
+def test_bad_values_are_one_line_errors(field, value):
+  with pytest.raises(ValueError) as e:
+    build(0.0, **{field: value})
+  # Gin (Model Garden's configurable factory) appends its own context line.
+  assert f'lamb.{field}' in str(e.value).splitlines()[0]

@@ -32,6 +32,18 @@ _SCALED_SCHEDULES = {
 }
 
 
+def _check_lamb(config) -> None:
+  """One-line errors for LAMB values Model Garden's LAMB does not check."""
+  for field in ('beta_1', 'beta_2'):
+    value = getattr(config, field)
+    if not 0.0 <= value < 1.0:
+      raise ValueError(f'lamb.{field} must be in [0, 1), got {value}')
+  for field in ('epsilon', 'weight_decay_rate'):
+    value = getattr(config, field)
+    if value < 0:
+      raise ValueError(f'lamb.{field} must be >= 0, got {value}')
+
+
 class OptimizerFactory(optimizer_factory.OptimizerFactory):
   """Model Garden's OptimizerFactory with the scaled schedules and paper EMA."""
 
@@ -61,6 +73,8 @@ class OptimizerFactory(optimizer_factory.OptimizerFactory):
         (`gradient_aggregator`, `gradient_transformers`,
         `use_legacy_optimizer`).
     """
+    if self._optimizer_type == 'lamb':
+      _check_lamb(self._optimizer_config)
     optimizer = super().build_optimizer(lr, **kwargs)
     if self._paper_ema_config:
       if not kwargs.get('use_legacy_optimizer', True):
