@@ -5,6 +5,7 @@ schedule is added by subclassing them with one more field (the documented
 extension point), so every Model Garden optimizer and schedule stays selectable.
 """
 import dataclasses
+import re
 from typing import List, Optional
 
 from official.modeling.hyperparams import base_config
@@ -14,6 +15,9 @@ from official.modeling.optimization.configs import optimizer_config
 # Substrings of variable names that skip LARS adaptation and weight decay, as in
 # the reference code ('batch_normalization', 'bias', 'beta', 'gamma').
 LARS_SKIP_LIST = ('batch_normalization', 'bias', 'beta', 'gamma')
+# The same list as the regex patterns Model Garden's LAMB matches with
+# `re.search` (each a literal substring).
+LARS_SKIP_PATTERNS = tuple(re.escape(s) for s in LARS_SKIP_LIST)
 
 
 @dataclasses.dataclass
@@ -45,6 +49,42 @@ class PaperRMSPropConfig(optimizer_config.RMSPropConfig):
   rho: float = 0.9
   momentum: float = 0.9
   epsilon: float = 0.001
+
+
+@dataclasses.dataclass
+class LAMBConfig(optimizer_config.LAMBConfig):
+  """Model Garden's `lamb` with the `paper_lars` skip list by default.
+
+  Model Garden's LAMB computes the paper's update (Adam moments with bias
+  correction, `weight_decay_rate * w` added to the update, trust ratio
+  ||w|| / ||update||, 1 where either norm is 0); its config only lacks the
+  skip list: here batch norm and bias variables are excluded from weight decay
+  and from layer adaptation, and the weight decay is `paper_lars`'s. Note that
+  Model Garden uses `exclude_from_weight_decay` for layer adaptation too when
+  `exclude_from_layer_adaptation` is empty.
+  """
+  weight_decay_rate: float = 1e-5
+  exclude_from_weight_decay: Optional[List[str]] = dataclasses.field(
+      default_factory=lambda: list(LARS_SKIP_PATTERNS))
+  exclude_from_layer_adaptation: Optional[List[str]] = dataclasses.field(
+      default_factory=lambda: list(LARS_SKIP_PATTERNS))
+
+
+@dataclasses.dataclass
+class SM3Config(optimizer_config.BaseOptimizerConfig):
+  """SM3-II (Anil et al. 2019) as `official_ext.modeling.optimization.sm3`.
+
+  Per-axis accumulators (k + n floats for a k x n kernel), nu = min of the
+  covering accumulators + g^2, update lr * g / sqrt(nu) through an exponential
+  momentum (0: no momentum slot). `weight_decay` (not in the paper, default 0)
+  is added to the update of variables outside `skip_list`.
+  """
+  name: str = 'SM3'
+  momentum: float = 0.9
+  weight_decay: float = 0.0
+  epsilon: float = 1e-30
+  skip_list: List[str] = dataclasses.field(
+      default_factory=lambda: list(LARS_SKIP_LIST))
 
 
 @dataclasses.dataclass
@@ -82,7 +122,12 @@ class ScaledExponentialConfig(ScaledScheduleBase):
 
 @dataclasses.dataclass
 class OptimizerConfig(optimization_config.OptimizerConfig):
-  """Model Garden's optimizers plus the reference code's LARS and RMSProp."""
+  """Model Garden's optimizers plus the reference code's LARS and RMSProp.
+
+  `lamb` is Model Garden's, with the `paper_lars` skip list; `sm3` is new.
+  """
+  lamb: LAMBConfig = dataclasses.field(default_factory=LAMBConfig)
+  sm3: SM3Config = dataclasses.field(default_factory=SM3Config)
   paper_lars: PaperLARSConfig = dataclasses.field(
       default_factory=PaperLARSConfig)
   paper_rmsprop: PaperRMSPropConfig = dataclasses.field(

@@ -1,6 +1,6 @@
 """Registers the paper's optimizers and schedules with Model Garden's factory.
 
-`paper_lars` and `paper_rmsprop` go through Model Garden's public
+`paper_lars`, `paper_rmsprop` and `sm3` go through Model Garden's public
 `register_optimizer_cls`. Model Garden keeps schedules in a dict with no
 register function, so the per-256-scaled schedules are built by a subclass of
 its `OptimizerFactory` that handles the two new schedule types and defers to
@@ -15,10 +15,12 @@ from official_ext.modeling.optimization import ema
 from official_ext.modeling.optimization import lars
 from official_ext.modeling.optimization import lr_schedule
 from official_ext.modeling.optimization import rmsprop
+from official_ext.modeling.optimization import sm3
 
 PAPER_OPTIMIZERS = {
     'paper_lars': lars.PaperLARS,
     'paper_rmsprop': rmsprop.PaperRMSProp,
+    'sm3': sm3.SM3,
 }
 for _name, _cls in PAPER_OPTIMIZERS.items():
   if _name not in optimizer_factory.LEGACY_OPTIMIZERS_CLS:
@@ -28,6 +30,18 @@ _SCALED_SCHEDULES = {
     'scaled_polynomial': lr_schedule.ScaledPolynomialDecay,
     'scaled_exponential': lr_schedule.ScaledExponentialDecay,
 }
+
+
+def _check_lamb(config) -> None:
+  """One-line errors for LAMB values Model Garden's LAMB does not check."""
+  for field in ('beta_1', 'beta_2'):
+    value = getattr(config, field)
+    if not 0.0 <= value < 1.0:
+      raise ValueError(f'lamb.{field} must be in [0, 1), got {value}')
+  for field in ('epsilon', 'weight_decay_rate'):
+    value = getattr(config, field)
+    if value < 0:
+      raise ValueError(f'lamb.{field} must be >= 0, got {value}')
 
 
 class OptimizerFactory(optimizer_factory.OptimizerFactory):
@@ -59,6 +73,8 @@ class OptimizerFactory(optimizer_factory.OptimizerFactory):
         (`gradient_aggregator`, `gradient_transformers`,
         `use_legacy_optimizer`).
     """
+    if self._optimizer_type == 'lamb':
+      _check_lamb(self._optimizer_config)
     optimizer = super().build_optimizer(lr, **kwargs)
     if self._paper_ema_config:
       if not kwargs.get('use_legacy_optimizer', True):
