@@ -80,7 +80,8 @@ def _final_eval(model_dir):
 
 
 def _launch_and_kill_after(model_dir, fixture, checkpoint):
-  """Starts train.py; SIGKILLs it as soon as `checkpoint` is written."""
+  """Starts train.py; SIGKILLs it as soon as `checkpoint` is the latest (its
+  files are written, then the state file names it)."""
   override_file = str(model_dir) + '.override.yaml'
   with open(override_file, 'w') as f:
     yaml.safe_dump(short_runs.override(fixture, DETERMINISTIC), f)
@@ -90,9 +91,10 @@ def _launch_and_kill_after(model_dir, fixture, checkpoint):
        f'--model_dir={model_dir}', f'--params_override={override_file}'],
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
       cwd=short_runs.ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
-  index = os.path.join(model_dir, checkpoint + '.index')
+  wanted = os.path.join(model_dir, checkpoint)
   deadline = time.time() + 600
-  while not os.path.exists(index) and process.poll() is None:
+  while (tf.train.latest_checkpoint(str(model_dir)) != wanted and
+         process.poll() is None):
     assert time.time() < deadline, 'no checkpoint within 10 minutes'
     time.sleep(0.02)
   process.send_signal(signal.SIGKILL)

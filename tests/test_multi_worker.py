@@ -101,7 +101,7 @@ def test_two_workers_survive_a_kill_and_evaluate_in_one_model_dir(tmp_path):
   first = model_dir / f'ckpt-{short_runs.EVAL_STEPS[0]}'
   processes = start_two_workers(model_dir, override, 'train_and_eval')
   deadline = time.time() + 900
-  while not os.path.exists(f'{first}.index'):
+  while tf.train.latest_checkpoint(str(model_dir)) != str(first):
     assert processes[0].poll() is None and time.time() < deadline, (
         finish(processes)[0][1][-3000:])
     time.sleep(0.05)
