@@ -206,8 +206,10 @@ def test_distributed_eval_matches_numpy_over_all_examples(
                                                  abs=TOLERANCE)
   assert logs['top_5_accuracy'] == pytest.approx(reference['top5'],
                                                  abs=TOLERANCE)
+  # The loss is a float32 mean of ~1,000 terms summed per replica: a few
+  # float32 ulps of 5.7 (6e-7 relative each) from the float64 reference.
   assert logs['validation_loss'] == pytest.approx(reference['loss'],
-                                                  abs=TOLERANCE)
+                                                  rel=2e-6)
   del trainer
   tf_keras.backend.clear_session()
 
