@@ -25,20 +25,15 @@ IMAGE_SIZE = 8
 
 # (pipelines, replicas, global eval batch, whether pipelines read only their
 # own files). Replicas are a multiple of pipelines (one host, several cores).
-# The two `False` rows: 3 pipelines of 8 files get 3/3/2 files (39 records),
-# more than one 36-example step each; 16 pipelines > 8 files.
+# The `False` row with 3 pipelines: 8 files give 3/3/2 files (39 records),
+# more than the 36 examples of its 3 steps.
 CASES = [
-    (1, 1, 8, False),
     (1, 4, 8, False),
-    (2, 2, 8, True),
     (2, 4, 24, True),
     (3, 3, 48, True),
     (3, 6, 36, False),
     (4, 4, 16, True),
-    (4, 8, 64, True),
-    (8, 8, 64, True),
     (8, 16, 2048, True),
-    (16, 16, 256, False),
 ]
 
 
@@ -136,8 +131,7 @@ def test_tfrecord_pipelines_yield_every_example_once(fixture, pipelines,
       assert real == expected[i::pipelines].tolist()
 
 
-@pytest.mark.parametrize('pipelines,replicas,batch', [(2, 2, 8), (3, 3, 48),
-                                                      (8, 8, 64)])
+@pytest.mark.parametrize('pipelines,replicas,batch', [(2, 2, 8), (3, 3, 48)])
 def test_tfrecord_pipeline_opens_only_its_own_files(fixture, tmp_path,
                                                     pipelines, replicas,
                                                     batch):
@@ -163,12 +157,12 @@ def test_tfrecord_pipeline_opens_only_its_own_files(fixture, tmp_path,
 
 
 def test_record_sharding_reads_other_files(fixture, tmp_path):
-  """The check above can fail: when records are sharded (16 pipelines, 8
-  files) a pipeline whose other files are gone stops with a read error."""
+  """The check above can fail: when records are sharded (3 pipelines, uneven
+  shares) pipeline 0 whose last file is gone stops with a read error."""
   fx, _ = fixture
-  params = _tfrecord_params(fx, 256)
+  params = _tfrecord_params(fx, 36)
   files = ci.list_files(fx.eval_pattern)
-  dataset = _build(params, 16, 0, 16)
+  dataset = _build(params, 3, 0, 3)
   shutil.move(files[-1], str(tmp_path / 'moved'))
   try:
     with pytest.raises(tf.errors.OpError):
@@ -186,8 +180,7 @@ def test_uneven_files_fall_back_to_record_sharding():
 
 
 @pytest.mark.parametrize('pipelines,replicas,batch,own_files', [
-    (1, 2, 8, False), (2, 2, 8, True), (4, 8, 64, True), (5, 5, 40, True),
-    (8, 8, 64, False)])
+    (1, 2, 8, False), (2, 2, 8, False), (2, 2, 128, True), (4, 4, 256, True)])
 def test_tfds_pipelines_yield_every_example_once(fixture, pipelines, replicas,
                                                  batch, own_files):
   fx, tfds_dir = fixture
