@@ -160,7 +160,7 @@ def test_uneven_files_fall_back_to_record_sharding():
   # One pipeline's files hold 100 of 103 records: more than its 56-example
   # share of 1 step of 112, so records are sharded instead.
   assert not ci.eval_reads_own_files([100, 1, 1, 1], 103, 112, 2)
-  assert ci.eval_reads_own_files([52, 1, 50, 0], 103, 112, 2)
+  assert ci.eval_reads_own_files([52, 50, 1, 0], 103, 112, 2)
   assert not ci.eval_reads_own_files([26, 26, 26], 78, 32, 4)
 
 
