@@ -274,9 +274,17 @@ def test_eval_two_pipelines_cover_every_example_once(data, global_batch):
     assert int(dataset.cardinality()) == len(batches)
     flat = [i for _, indices in batches for i in indices]
     real = [i for i in flat if i >= 0]
-    # Records are sharded: pipeline p holds examples p, p + 2, ... in order,
-    # then only padding.
-    assert real == list(range(pipeline, num_examples, 2))
+    # Pipeline p holds, in order, its own files' examples when they fit the
+    # padded length, else examples p, p + 2, ...; then only padding.
+    files = ci.list_files(params.input_path)
+    counts = ci.file_record_counts(files)
+    if ci.eval_reads_own_files(counts, num_examples, global_batch, 2):
+      starts = np.cumsum([0] + counts)
+      expected = [i for j in ci.pipeline_files(len(files), 2, pipeline)
+                  for i in range(starts[j], starts[j + 1])]
+    else:
+      expected = list(range(pipeline, num_examples, 2))
+    assert real == expected
     assert flat[len(real):] == [-1] * (len(flat) - len(real))
     seen.update(real)
   assert sorted(seen) == list(range(num_examples))

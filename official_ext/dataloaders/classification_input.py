@@ -29,8 +29,13 @@ Distribution: training files are sharded across input pipelines
 than pipelines), shuffled with `DataConfig.seed`, interleaved, decoded in
 parallel, batched per replica and prefetched; `cache` caches the records.
 
-Evaluation is exact: records are sharded across input pipelines, and every
-pipeline's shard is padded with dummy examples (zero image, label -1) up to
+Evaluation is exact: each input pipeline reads only its own eval files
+(files i, i+P, ...; TFDS: its own file instructions) when there are at least
+as many files as pipelines and every pipeline's share fits the common padded
+length (`eval_reads_own_files`; per-file record counts come from TFDS
+metadata, or are counted once per process for TFRecords); otherwise records
+are sharded. Every pipeline's records are padded with dummy examples (zero
+image, label -1) up to
 `ceil(num_examples / global_batch_size) * global_batch_size / num_pipelines`
 examples, so every pipeline yields the same number of full batches and every
 real example is seen exactly once. Metrics must mask label -1.
@@ -131,8 +136,8 @@ _LABEL_CHECK_FILES = 16
 # Sampled records whose images the pre-flight check decodes (with PIL).
 DECODE_CHECK_RECORDS = 16
 
-# Real record counts of eval file lists, so repeated eval dataset builds
-# (one per evaluation) count each file list once.
+# Record counts of TFRecord files by (path, size, mtime): every file is
+# counted once per process, however many eval datasets are built.
 _RECORD_COUNT_CACHE = {}
 
 
@@ -186,17 +191,16 @@ def list_files(input_path) -> List[str]:
   return files
 
 
-def count_records(files: Sequence[str]) -> int:
-  """Number of records in `files` (read once, then cached by path/mtime)."""
-  key = []
+def file_record_counts(files: Sequence[str]) -> List[int]:
+  """Records in each of `files` (each file read once, then cached by
+  path/size/mtime for the process). Raises ValueError naming an unreadable
+  file."""
+  counts = []
   for f in files:
     stat = tf.io.gfile.stat(f)
-    key.append((f, stat.length, stat.mtime_nsec))
-  key = tuple(key)
-  if key not in _RECORD_COUNT_CACHE:
-    total = 0
-    with tf.init_scope():  # Count eagerly even if called inside a tf.function.
-      for f in files:
+    key = (f, stat.length, stat.mtime_nsec)
+    if key not in _RECORD_COUNT_CACHE:
+      with tf.init_scope():  # Count eagerly even inside a tf.function.
         try:
           count = tf.data.TFRecordDataset(f).reduce(
               tf.constant(0, tf.int64), lambda n, _: n + 1)
@@ -204,9 +208,14 @@ def count_records(files: Sequence[str]) -> int:
           raise ValueError(
               f'cannot read TFRecord file {f}: {type(e).__name__}: '
               f'{(e.message or "").splitlines()[-1]}') from None
-        total += int(count.numpy())
-    _RECORD_COUNT_CACHE[key] = total
-  return _RECORD_COUNT_CACHE[key]
+      _RECORD_COUNT_CACHE[key] = int(count.numpy())
+    counts.append(_RECORD_COUNT_CACHE[key])
+  return counts
+
+
+def count_records(files: Sequence[str]) -> int:
+  """Number of records in `files` (see `file_record_counts`)."""
+  return sum(file_record_counts(files))
 
 
 # ----------------------------------------------------------------------------
@@ -467,11 +476,24 @@ class _TFRecordSource:
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=bool(params.deterministic))
 
-  def eval_records(self, num_pipelines, pipeline_id):
+  def eval_records(self, num_pipelines, pipeline_id, by_file):
+    """This pipeline's eval records, in a fixed order: its own files
+    (`pipeline_files`) if `by_file`, else every file's records sharded."""
+    if by_file:
+      ids = tf.data.Dataset.from_tensor_slices(tf.constant(
+          pipeline_files(len(self.files), num_pipelines, pipeline_id),
+          tf.int32))
+      return ids.flat_map(self._read_file)
     dataset = self._read_in_order()  # Sequential: deterministic order.
     if num_pipelines > 1:
       dataset = dataset.shard(num_pipelines, pipeline_id)
     return dataset
+
+  def file_names(self) -> List[str]:
+    return list(self.files)
+
+  def record_counts(self) -> List[int]:
+    return file_record_counts(self.files)
 
   def num_records(self) -> int:
     return count_records(self.files)
@@ -615,11 +637,31 @@ class _TFDSSource:
         add_tfds_id=True, try_autocache=False)
     return self._as_dataset(True, read_config)
 
-  def eval_records(self, num_pipelines, pipeline_id):
+  def eval_records(self, num_pipelines, pipeline_id, by_file):
+    """This pipeline's eval records, in a fixed order: its own file
+    instructions (`pipeline_files`, TFDS's per-file sharding) if `by_file`,
+    else every file's records sharded."""
+    if by_file:
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      return self._as_dataset(False, tfds.ReadConfig(
+          input_context=tf.distribute.InputContext(
+              num_input_pipelines=num_pipelines,
+              input_pipeline_id=pipeline_id),
+          add_tfds_id=True, try_autocache=False, interleave_cycle_length=1))
     dataset = self._sequential()
     if num_pipelines > 1:
       dataset = dataset.shard(num_pipelines, pipeline_id)
     return dataset
+
+  def _file_instructions(self):
+    return self.builder.info.splits[self._split].file_instructions
+
+  def file_names(self) -> List[str]:
+    return [os.fspath(fi.filename) for fi in self._file_instructions()]
+
+  def record_counts(self) -> List[int]:
+    """Examples per file instruction, from the split's metadata (no read)."""
+    return [int(fi.take) for fi in self._file_instructions()]
 
   def num_records(self) -> int:
     return self.builder.info.splits[self._split].num_examples
@@ -1329,9 +1371,50 @@ def eval_padded_examples_per_pipeline(num_examples: int,
   return steps * (global_batch_size // num_pipelines)
 
 
+def pipeline_files(num_files: int, num_pipelines: int,
+                   pipeline_id: int) -> List[int]:
+  """Indices of the files input pipeline `pipeline_id` of `num_pipelines`
+  reads when files are sharded: i, i+P, i+2P, ... (TFDS's rule too)."""
+  return list(range(pipeline_id, num_files, num_pipelines))
+
+
+def eval_reads_own_files(record_counts: Sequence[int], num_examples: int,
+                         global_batch_size: int, num_pipelines: int) -> bool:
+  """Whether eval pipelines read only their own files (`pipeline_files`).
+
+  They do when there are at least as many files as pipelines and every
+  pipeline's records fit in the padded length all pipelines share
+  (`eval_padded_examples_per_pipeline`, i.e. `ceil(num_examples /
+  global_batch_size)` steps, the recipe's `trainer.validation_steps`).
+  Otherwise (fewer files, or files so uneven that one pipeline's share needs
+  more steps) every pipeline reads all files and keeps 1/P of the records.
+  """
+  num_files = len(record_counts)
+  if num_pipelines <= 1 or num_files < num_pipelines:
+    return False
+  capacity = eval_padded_examples_per_pipeline(
+      num_examples, global_batch_size, num_pipelines)
+  largest = max(sum(record_counts[j] for j in pipeline_files(
+      num_files, num_pipelines, i)) for i in range(num_pipelines))
+  return largest <= capacity
+
+
+def eval_files(params: mg_ic.DataConfig, num_pipelines: int,
+               pipeline_id: int) -> List[str]:
+  """The files eval input pipeline `pipeline_id` of `num_pipelines` reads."""
+  source = _make_source(params)
+  names = source.file_names()
+  if eval_reads_own_files(source.record_counts(), params.num_examples,
+                          params.global_batch_size, num_pipelines):
+    return [names[j] for j in pipeline_files(len(names), num_pipelines,
+                                             pipeline_id)]
+  return names
+
+
 def _build_eval(params, source, image_size, num_pipelines, pipeline_id,
                 per_replica_batch, num_classes):
-  num_real = source.num_records()
+  counts = source.record_counts()
+  num_real = sum(counts)
   where = params.tfds_name or params.input_path
   num_examples = params.num_examples
   if num_examples <= 0:
@@ -1353,7 +1436,13 @@ def _build_eval(params, source, image_size, num_pipelines, pipeline_id,
         f'per-pipeline eval batch {params.global_batch_size // num_pipelines} '
         f'is not a multiple of the per-replica batch {per_replica_batch}')
 
-  dataset = source.eval_records(num_pipelines, pipeline_id)
+  by_file = eval_reads_own_files(counts, num_examples,
+                                 params.global_batch_size, num_pipelines)
+  if num_pipelines > 1 and not by_file:
+    logging.info('eval: %d files for %d input pipelines: every pipeline reads '
+                 'all files and keeps 1/%d of the records.', len(counts),
+                 num_pipelines, num_pipelines)
+  dataset = source.eval_records(num_pipelines, pipeline_id, by_file)
   if params.cache:
     dataset = dataset.cache()
   dataset = _decode_checked(

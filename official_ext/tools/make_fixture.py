@@ -135,7 +135,7 @@ def _check_tfds_name(name: str) -> None:
 
 
 def write_tfds_build(split_patterns, data_dir: str, name: str,
-                     num_labels: int) -> str:
+                     num_labels: int, num_shards: Optional[int] = None) -> str:
   """Writes TFRecord splits as a TFDS dataset `name` in `data_dir`.
 
   Args:
@@ -144,6 +144,8 @@ def write_tfds_build(split_patterns, data_dir: str, name: str,
     data_dir: TFDS data dir (created).
     name: dataset name (snake_case), usable as `tfds_name`.
     num_labels: ClassLabel size (largest stored label + 1).
+    num_shards: files per split (default: TFDS's choice by size, one file
+      for a small fixture).
 
   Returns:
     The directory of the build (`data_dir/name/1.0.0`).
@@ -194,7 +196,8 @@ def write_tfds_build(split_patterns, data_dir: str, name: str,
 
   builder = _FixtureBuilder(data_dir=data_dir)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      compute_stats=tfds.download.ComputeStatsMode.SKIP))
+      compute_stats=tfds.download.ComputeStatsMode.SKIP,
+      num_shards=num_shards))
   # Nothing was downloaded: drop the empty download directories TFDS made.
   downloads = os.path.join(data_dir, 'downloads')
   if os.path.isdir(downloads) and not any(
