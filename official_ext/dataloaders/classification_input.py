@@ -665,8 +665,10 @@ def _make_source(params):
 # ----------------------------------------------------------------------------
 
 
-_LEGACY_RESIZE = {'bicubic': tf.compat.v1.image.resize_bicubic,
-                  'bilinear': tf.compat.v1.image.resize_bilinear}
+# TF1's resize kernels (the ops behind tf.compat.v1.image.resize_*, without
+# its deprecation warning on every run).
+_LEGACY_RESIZE = {'bicubic': tf.raw_ops.ResizeBicubic,
+                  'bilinear': tf.raw_ops.ResizeBilinear}
 
 
 def _resize(image: tf.Tensor, image_size: int, method: str,
@@ -683,7 +685,8 @@ def _resize(image: tf.Tensor, image_size: int, method: str,
   size = [image_size, image_size]
   if half_pixel_centers:
     return tf.image.resize(image, size, method=method)
-  return _LEGACY_RESIZE[method](image[tf.newaxis], size, align_corners=False,
+  return _LEGACY_RESIZE[method](images=image[tf.newaxis], size=size,
+                                align_corners=False,
                                 half_pixel_centers=False)[0]
 
 
@@ -1070,6 +1073,7 @@ def _train_batches_fail(records, source, params, preprocess, image_size,
   sentinels, which fails too.
   """
   size = batch_size
+  label_offset = resolved_label_offset(params)
   no_locator = source.no_locator
   sentinel = source.sentinel()
   sentinels = tf.nest.map_structure(
