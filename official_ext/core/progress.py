@@ -75,8 +75,12 @@ class ProgressReporter:
     step = int(self._global_step.numpy())
     parts = [f'eval at step {step}',
              f'epoch {step / self._steps_per_epoch:.2f}']
+    # top-5, or top-k with k the class count when there are fewer classes.
+    top_k = next((k for k in sorted(output)
+                  if k.startswith('top_') and k.endswith('_accuracy')
+                  and k != 'top_1_accuracy'), 'top_5_accuracy')
     for key, label in (('top_1_accuracy', 'top-1'),
-                       ('top_5_accuracy', 'top-5'),
+                       (top_k, top_k[:-len('_accuracy')].replace('_', '-')),
                        ('validation_loss', 'loss')):
       value = _scalar(output.get(key))
       if value is not None:
