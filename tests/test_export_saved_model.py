@@ -43,6 +43,11 @@ def export(short_run, tmp_path_factory):
   return export_dir, result
 
 
+@pytest.fixture(scope='module')
+def saved_model(export):
+  return tf.saved_model.load(str(export[0]))
+
+
 def _eval_bytes(fixture):
   """Encoded images of the eval split in the order evaluation reads them."""
   images = []
@@ -91,10 +96,10 @@ def test_reference_is_the_runs_evaluation(short_run, evaluation):
 
 
 def test_serving_default_matches_evaluation_on_encoded_images(
-    short_run, export, evaluation):
+    short_run, export, saved_model, evaluation):
   export_dir, result = export
   assert f'to {export_dir}' in result.stdout and 'EMA weights' in result.stdout
-  serve = tf.saved_model.load(str(export_dir)).signatures['serving_default']
+  serve = saved_model.signatures['serving_default']
   images = _eval_bytes(short_run.fixture)[:NUM_IMAGES]
   outputs = serve(encoded_images=tf.constant(images))
   logits = outputs['logits'].numpy()
@@ -107,16 +112,15 @@ def test_serving_default_matches_evaluation_on_encoded_images(
 
 
 def test_serving_preprocessed_matches_evaluation_on_its_images(
-    export, evaluation):
-  serve = tf.saved_model.load(str(export[0])).signatures[
-      'serving_preprocessed']
+    saved_model, evaluation):
+  serve = saved_model.signatures['serving_preprocessed']
   logits = serve(images=tf.constant(evaluation[0][:NUM_IMAGES]))['logits']
   np.testing.assert_allclose(logits.numpy(), evaluation[2][:NUM_IMAGES],
                              atol=1e-5, rtol=0)
 
 
 def test_exported_weights_are_the_ema_not_the_trained_ones(
-    short_run, export, evaluation):
+    short_run, evaluation):
   _, _, trained = _run_model(short_run, short_run.model_dir)
   trained_logits = trained(evaluation[0][:NUM_IMAGES], training=False)
   # 4 steps of EMA (decay (1+n)/(10+n)) leave the averages far from the
@@ -125,8 +129,8 @@ def test_exported_weights_are_the_ema_not_the_trained_ones(
                 evaluation[2][:NUM_IMAGES]).max() > 1e-3
 
 
-def test_bad_bytes_name_the_image(short_run, export):
-  serve = tf.saved_model.load(str(export[0])).signatures['serving_default']
+def test_bad_bytes_name_the_image(short_run, saved_model):
+  serve = saved_model.signatures['serving_default']
   good = _eval_bytes(short_run.fixture)[0]
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match=r'image 1 of the batch \(12 bytes\) is neither a '
