@@ -102,7 +102,7 @@ def test_orbit_messages_go_to_the_log_only(capsys, caplog, tmp_path):
     orbit.Controller(trainer=trainer, global_step=trainer.step,
                      steps_per_loop=2, checkpoint_manager=manager)
   assert capsys.readouterr().out == (
-      f'restored checkpoint ckpt-4 from {tmp_path}\n')
+      f'restored model from {tmp_path / "ckpt-4"}\n')
   assert int(trainer.step.numpy()) == 4
 
 

@@ -75,6 +75,5 @@ class ReportingCheckpointManager(tf.train.CheckpointManager):
   def restore_or_initialize(self):
     path = super().restore_or_initialize()
     if path is not None:
-      self._print(f'restored checkpoint {checkpoint_name(path)} from '
-                  f'{self.directory}')
+      self._print(f'restored model from {path}')
     return path
