@@ -8,13 +8,20 @@ r"""Training driver with Model Garden's flags.
 Override precedence (lowest to highest): experiment defaults, --config_file,
 --gin_file, --gin_params, --tpu, --params_override (see
 official_ext/core/config_overrides.py).
+
+The console shows one line per train loop, evaluation and checkpoint save;
+`--verbosity=0` adds Model Garden's and Orbit's INFO log (their per-loop
+output dicts) on stderr.
 """
 import os
 import sys
 
-# TensorFlow's C++ INFO/WARNING lines (oneDNN notices, CUDA probing on CPU
-# hosts) would bury the progress lines; errors still show.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from official_ext.core import native_logs
+
+# Before TensorFlow loads: its C++ notices (and, on hosts without a GPU, the
+# failed CUDA probe) would bury the progress lines, and its Python warnings
+# would print twice.
+native_logs.quiet_tensorflow_logs()
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags

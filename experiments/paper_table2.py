@@ -98,4 +98,5 @@ TABLE_2 = (
 for _row in TABLE_2:
   experiment_list.register_experiment(
       _row.name,
-      functools.partial(recipe_builder.build_experiment, _row.recipe()))
+      functools.partial(recipe_builder.build_experiment, _row.recipe()),
+      paper_top1=_row.paper_peak_top1)

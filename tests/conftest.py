@@ -6,6 +6,7 @@ initializes, so multi-replica tests run under a real MirroredStrategy
 """
 import os
 import sys
+import types
 
 import pytest
 
@@ -23,11 +24,17 @@ def cpu_strategy(num_replicas):
   return runtime.mirrored_cpu_strategy(num_replicas)
 
 
-@pytest.fixture(scope='session')
-def short_run_dirs(tmp_path_factory):
-  """Two finished short runs that differ only in LR per 256 images.
+def _lr_override(lr_per_256):
+  return {'trainer': {'optimizer_config': {
+      'learning_rate': {'scaled_polynomial': {'lr_per_256': lr_per_256}}}}}
 
-  Returns {'fixture': the fixture, 'lr2': model_dir, 'lr1': model_dir}.
+
+@pytest.fixture(scope='session')
+def short_run(tmp_path_factory):
+  """One finished short run of train.py (LR per 256 images 2.0).
+
+  Returns a namespace: fixture, model_dir, result (the CompletedProcess,
+  with the run's console).
   """
   from official_ext.tools import make_fixture  # pylint: disable=g-import-not-at-top
   from tests import short_runs as runs  # pylint: disable=g-import-not-at-top
@@ -35,11 +42,22 @@ def short_run_dirs(tmp_path_factory):
   fixture = make_fixture.make_fixture(
       str(root / 'fixture'), num_classes=runs.NUM_CLASSES,
       num_train=runs.NUM_TRAIN, num_eval=runs.NUM_EVAL, image_size=20)
-  dirs = {'fixture': fixture}
-  for name, lr_per_256 in (('lr2', 2.0), ('lr1', 1.0)):
-    model_dir = root / name
-    result = runs.launch(model_dir, fixture, {'trainer': {'optimizer_config': {
-        'learning_rate': {'scaled_polynomial': {'lr_per_256': lr_per_256}}}}})
-    assert result.returncode == 0, result.stderr[-3000:]
-    dirs[name] = str(model_dir)
-  return dirs
+  model_dir = root / 'lr2'
+  result = runs.launch(model_dir, fixture, _lr_override(2.0))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return types.SimpleNamespace(fixture=fixture, model_dir=str(model_dir),
+                               result=result)
+
+
+@pytest.fixture(scope='session')
+def short_run_dirs(short_run):
+  """Two finished short runs that differ only in LR per 256 images.
+
+  Returns {'fixture': the fixture, 'lr2': model_dir, 'lr1': model_dir}.
+  """
+  from tests import short_runs as runs  # pylint: disable=g-import-not-at-top
+  model_dir = os.path.join(os.path.dirname(short_run.model_dir), 'lr1')
+  result = runs.launch(model_dir, short_run.fixture, _lr_override(1.0))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return {'fixture': short_run.fixture, 'lr2': short_run.model_dir,
+          'lr1': model_dir}

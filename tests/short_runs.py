@@ -57,14 +57,19 @@ def resolved_params(fixture, extra=None):
 
 
 def launch(model_dir, fixture, extra=None, timeout=900,
-           mode='train_and_eval'):
-  """Runs train.py --mode=`mode`; returns the CompletedProcess."""
+           mode='train_and_eval', flags=()):
+  """Runs train.py --mode=`mode` [flags]; returns the CompletedProcess.
+
+  TensorFlow's log level is left to train.py, as on a user's console.
+  """
   override_file = str(model_dir) + '.override.yaml'
   with open(override_file, 'w') as f:
     yaml.safe_dump(override(fixture, extra), f)
+  env = dict(os.environ)
+  env.pop('TF_CPP_MIN_LOG_LEVEL', None)
   return subprocess.run(
       [sys.executable, os.path.join(ROOT, 'train.py'),
        f'--experiment={EXPERIMENT}', f'--mode={mode}',
-       f'--model_dir={model_dir}', f'--params_override={override_file}'],
-      capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+       f'--model_dir={model_dir}', f'--params_override={override_file}',
+       *flags],
+      capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)

@@ -1,4 +1,6 @@
 """compare_runs: the Table-2-style table, the plot, and user errors."""
+import csv
+import io
 import json
 import os
 import subprocess
@@ -61,6 +63,27 @@ def write_run(parent, name, summary):
   return run_dir
 
 
+def paper_summary(target_reached=True):
+  """A finished run of Table 2's 65k row (paper top-1 0.830)."""
+  top1s = [0.61, 0.79, 0.8299999833106995 if target_reached else 0.826,
+           0.8312 if target_reached else 0.8281]
+  evals = _evals(19.6, 0.56, top1s, every=1715)
+  peak = max(evals, key=lambda e: e['top1'])
+  reached = next((e for e in evals if e['top1'] >= 0.83 - 1e-6), None)
+  return {
+      'experiment': 'effnet_b5_lars_65k',
+      'hparams': {'model': 'efficientnet-b5', 'global_batch_size': 65536,
+                  'replicas': 1024, 'optimizer': 'paper_lars',
+                  'lr_per_256': 0.081, 'decay': 'polynomial',
+                  'warmup_epochs': 43.0},
+      'peak_top1': peak['top1'], 'time_to_peak_s': peak['elapsed_s'],
+      'paper_top1': 0.83, 'paper_top1_reached': reached is not None,
+      'time_to_paper_top1_s': reached['elapsed_s'] if reached else None,
+      'step_at_paper_top1': reached['step'] if reached else None,
+      'images_per_ms': 77.4, 'status': 'finished', 'evals': evals,
+  }
+
+
 @pytest.fixture
 def two_runs(tmp_path):
   return [write_run(tmp_path, 'b0_lars', b0_summary()),
@@ -101,14 +124,16 @@ def test_table_has_one_row_per_run_in_order(two_runs):
   headers, rows = parse_table(compare_runs.format_table(runs))
   assert headers == ['run', 'model', 'replicas', 'global batch', 'optimizer',
                      'LR per 256', 'decay', 'warmup (epochs)', 'peak top-1',
-                     'time to peak', 'images/ms']
+                     'time to peak', 'images/ms', 'paper top-1',
+                     'time to paper top-1']
   assert len(rows) == 2
   lars = dict(zip(headers, rows[0]))
   assert lars == {
       'run': 'b0_lars', 'model': 'efficientnet-b0', 'replicas': '4',
       'global batch': '128', 'optimizer': 'paper_lars', 'LR per 256': '2',
       'decay': 'polynomial', 'warmup (epochs)': '5', 'peak top-1': '96.4%',
-      'time to peak': '5m01s (301 s)', 'images/ms': '0.3502'}
+      'time to peak': '5m01s (301 s)', 'images/ms': '0.3502',
+      'paper top-1': '-', 'time to paper top-1': '-'}  # not a paper row
   rmsprop = dict(zip(headers, rows[1]))
   assert rmsprop['run'] == 'b0_rmsprop'
   assert rmsprop['LR per 256'] == '0.016'
@@ -143,6 +168,79 @@ def test_no_eval_yet_prints_dashes(tmp_path):
     assert row[column] == '-', column
   notes = compare_runs.format_notes([('fresh', summary)])
   assert notes == 'note: fresh: no evaluation yet'
+
+
+def test_paper_rows_show_the_time_to_the_papers_top1(tmp_path):
+  runs = compare_runs.load_runs([
+      str(write_run(tmp_path, 'b5_65k', paper_summary())),
+      str(write_run(tmp_path, 'b5_65k_short', paper_summary(False)))])
+  headers, rows = parse_table(compare_runs.format_table(runs))
+  reached, missed = (dict(zip(headers, r)) for r in rows)
+  assert reached['paper top-1'] == missed['paper top-1'] == '83.0%'
+  # The third evaluation, step 5145 at 0.56 s per step (+3.1 s).
+  assert reached['time to paper top-1'] == '48m04s (2884 s)'
+  assert missed['time to paper top-1'] == 'not reached'
+
+
+def test_parent_directory_lists_every_run_under_it(tmp_path):
+  sweep = tmp_path / 'sweep'
+  write_run(sweep, 'b_rmsprop', rmsprop_summary())
+  write_run(sweep, 'a_lars', b0_summary())
+  write_run(sweep / 'paper', 'b5_65k', paper_summary())
+  # Not a run: no summary.json. Inside a run: not searched.
+  (sweep / 'logs').mkdir()
+  write_run(sweep / 'a_lars', 'nested', b0_summary())
+  result = run_cli(sweep)
+  assert result.returncode == 0, result.stderr
+  _, rows = parse_table(result.stdout)
+  assert [r[0] for r in rows] == ['a_lars', 'b_rmsprop', 'b5_65k']
+  # A run named both directly and through its parent is listed once.
+  result = run_cli(sweep / 'b_rmsprop', sweep)
+  _, rows = parse_table(result.stdout)
+  assert [r[0] for r in rows] == ['b_rmsprop', 'a_lars', 'b5_65k']
+
+
+def test_parent_without_runs_is_a_user_error(tmp_path):
+  (tmp_path / 'empty' / 'sub').mkdir(parents=True)
+  assert_user_error(run_cli(tmp_path / 'empty'),
+                    'nor in any directory under', 'a directory of them')
+
+
+def test_csv_has_raw_values_and_notes_on_stderr(two_runs, tmp_path):
+  paper = write_run(tmp_path, 'b5_65k', paper_summary())
+  result = run_cli(*two_runs, paper, '--format=csv')
+  assert result.returncode == 0, result.stderr
+  rows = list(csv.DictReader(io.StringIO(result.stdout)))
+  assert [r['run'] for r in rows] == ['b0_lars', 'b0_rmsprop', 'b5_65k']
+  lars, rmsprop, b5 = rows
+  assert float(lars['peak_top1']) == 0.964
+  assert float(lars['time_to_peak_s']) == 301.5
+  assert float(lars['images_per_ms']) == 0.3502
+  assert lars['global_batch'] == '128' and lars['status'] == 'finished'
+  assert lars['paper_top1'] == '' and lars['time_to_paper_top1_s'] == ''
+  assert rmsprop['warmup_epochs'] == '' and rmsprop['status'] == 'running'
+  assert float(b5['paper_top1']) == 0.83 and b5['paper_top1_reached'] == 'True'
+  assert float(b5['time_to_paper_top1_s']) == 2884.3
+  assert 'note: b0_rmsprop: still running' in result.stderr
+
+
+def test_plain_table_aligns_the_same_cells(two_runs):
+  result = run_cli(*two_runs, '--format=table')
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert '|' not in result.stdout
+  assert lines[0].split()[:3] == ['run', 'model', 'replicas']
+  assert lines[1].split()[:4] == ['b0_lars', 'efficientnet-b0', '4', '128']
+  assert '96.4%' in lines[1] and '5m01s (301 s)' in lines[1]
+  # Right-aligned numbers end in the same column.
+  assert lines[1].index('96.4%') == lines[2].index('87.1%')
+
+
+def test_unknown_format_is_a_usage_error(two_runs):
+  result = run_cli(*two_runs, '--format=xlsx')
+  assert result.returncode == 2
+  assert "invalid choice: 'xlsx'" in result.stderr
+  assert 'Traceback' not in result.stderr
 
 
 def test_clashing_basenames_use_paths(tmp_path):

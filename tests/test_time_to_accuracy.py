@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
@@ -128,25 +129,79 @@ def check_consistent(summary):
     assert 0 <= e['top1'] <= e['top5'] <= 1 and e['loss'] > 0
 
 
+def paper_row_record(target=0.830):
+  """A record of a Table 2 row whose paper top-1 is `target`."""
+  record = tta.RunRecord('effnet_b5_lars_65k', {}, train_steps=6860,
+                         steps_per_epoch=19.6, paper_top1=target)
+  # Top-1 as evaluation computes it: float32 correct / 50,000.
+  for step, elapsed_s, correct in ((1960, 1500.0, 40100), (3920, 2900.0, 41500),
+                                   (5880, 3860.0, 41600), (6860, 4400.0, 41550)):
+    record.add_eval(step, elapsed_s, float(np.float32(correct) /
+                                           np.float32(50000)))
+  return record
+
+
+def test_time_to_paper_top1_is_the_first_eval_reaching_it():
+  summary = paper_row_record().to_json()
+  # 41,500 / 50,000 is 0.83 exactly, 0.82999998 in float32: reached.
+  assert summary['paper_top1'] == 0.830
+  assert summary['paper_top1_reached'] is True
+  assert summary['time_to_paper_top1_s'] == 2900.0
+  assert summary['step_at_paper_top1'] == 3920
+  assert summary['epoch_at_paper_top1'] == pytest.approx(3920 / 19.6)
+  # The peak is a later, higher evaluation.
+  assert summary['time_to_peak_s'] == 3860.0
+
+
+def test_paper_top1_not_reached():
+  summary = paper_row_record(target=0.8325).to_json()
+  assert summary['paper_top1_reached'] is False
+  assert summary['time_to_paper_top1_s'] is None
+  assert summary['step_at_paper_top1'] is None
+
+
+def test_paper_top1_survives_summary_round_trip(tmp_path):
+  tta.write_summary(paper_row_record(), str(tmp_path))
+  record = tta.read_summary(str(tmp_path))
+  assert record.paper_top1 == 0.830
+  assert record.paper_target.step == 3920
+
+
+def test_paper_top1_of_each_table2_experiment():
+  import experiments  # pylint: disable=g-import-not-at-top,unused-import
+  from experiments import paper_table2  # pylint: disable=g-import-not-at-top
+  from official_ext.core import experiment_list  # pylint: disable=g-import-not-at-top
+  assert len(paper_table2.TABLE_2) == 11
+  for row in paper_table2.TABLE_2:
+    assert experiment_list.paper_top1(row.name) == row.paper_peak_top1
+  assert experiment_list.paper_top1('effnet_b5_lars_65k') == 0.830
+  assert experiment_list.paper_top1('effnet_b2_lars_32k') == 0.797
+  assert experiment_list.paper_top1(short_runs.EXPERIMENT) is None
+
+
 def tensor_tags(run_dir):
   accumulator = event_accumulator.EventAccumulator(run_dir)
   accumulator.Reload()
   return set(accumulator.Tags()['tensors'])
 
 
-def test_real_run_writes_a_consistent_summary(short_run_dirs):
-  summary = load_summary(short_run_dirs['lr2'])
+def test_real_run_writes_a_consistent_summary(short_run):
+  summary = load_summary(short_run.model_dir)
   check_consistent(summary)
   assert summary['experiment'] == short_runs.EXPERIMENT
   assert summary['status'] == 'finished'
+  # The demo is not a row of the paper's Table 2: no target.
+  assert summary['paper_top1'] is None
+  assert summary['paper_top1_reached'] is None
+  assert summary['time_to_paper_top1_s'] is None
   hparams = summary['hparams']
   assert hparams['lr_per_256'] == 2.0 and hparams['replicas'] == 2
   assert hparams['global_batch_size'] == 16
   assert hparams['optimizer'] == 'paper_lars'
 
 
-def test_real_run_writes_tensorboard_scalars_and_hparams(short_run_dirs):
-  model_dir = short_run_dirs['lr2']
+def test_real_run_writes_tensorboard_scalars_and_hparams(short_run):
+  model_dir = short_run.model_dir
   assert {'_hparams_/experiment', '_hparams_/session_start_info'} <= (
       tensor_tags(model_dir))
   assert {'images_per_second', 'images_per_ms'} <= tensor_tags(

@@ -2,9 +2,11 @@
 
 `register_experiment` registers a config factory with Model Garden's
 `exp_factory` and remembers the name, so the project's experiments can be
-listed apart from any other registered Model Garden experiment.
+listed apart from any other registered Model Garden experiment, and the
+paper's peak top-1 of the experiments that reproduce a row of its Table 2
+(`paper_top1`, the target of a run's time to target).
 """
-from typing import Callable, Iterable, List, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from official.core import exp_factory
 
@@ -13,15 +15,25 @@ from official_ext.modeling.layers import group_assignment
 from official_ext.modeling.optimization import lr_schedule
 
 _PROJECT_EXPERIMENTS: List[str] = []
+_PAPER_TOP1: Dict[str, float] = {}
 
 
-def register_experiment(name: str, config_factory: Callable[[], object]):
+def register_experiment(name: str, config_factory: Callable[[], object],
+                        paper_top1: Optional[float] = None):
+  """Registers `name`; `paper_top1`: the paper's peak top-1 for it, if any."""
   exp_factory.register_config_factory(name)(config_factory)
   _PROJECT_EXPERIMENTS.append(name)
+  if paper_top1 is not None:
+    _PAPER_TOP1[name] = float(paper_top1)
 
 
 def project_experiments() -> Tuple[str, ...]:
   return tuple(_PROJECT_EXPERIMENTS)
+
+
+def paper_top1(name: str) -> Optional[float]:
+  """The paper's peak top-1 for experiment `name` (None: not a paper row)."""
+  return _PAPER_TOP1.get(name)
 
 
 COLUMNS = ('experiment', 'model', 'replicas', 'global_batch', 'optimizer',

@@ -17,11 +17,16 @@ worker's regular checkpoints to a fresh temporary directory. But
 
 `ExperimentRunner` is the subclass Model Garden's runner documents for
 replacing components. Given a worker's scratch directory (None on the chief
-and single-process runs, which behave exactly as in Model Garden), it saves
+and single-process runs, which behave as in Model Garden), it saves
 that worker's checkpoints and EMA checkpoints there, but restores from the
 chief's latest checkpoint in model_dir and counts its save interval from that
 checkpoint's step, as the chief does. The run driver also keeps those
 workers' TensorBoard events and best-checkpoint exports out of model_dir.
+
+On every worker the console shows the project's lines, not Orbit's
+(official_ext.core.console): the checkpoint manager is Model Garden's with a
+one-line report per save and restore, and Orbit's own prints go to the log
+only.
 """
 import os
 import re
@@ -31,6 +36,8 @@ import tensorflow as tf
 
 from official.core import actions
 from official.core import train_lib
+
+from official_ext.core import console
 
 
 def saved_step(checkpoint_path: str) -> int:
@@ -61,8 +68,15 @@ class ExperimentRunner(train_lib.OrbitExperimentRunner):
 
   def _maybe_build_checkpoint_manager(
       self) -> Optional[tf.train.CheckpointManager]:
-    if self._worker_scratch_dir is None or not self.trainer.checkpoint:
+    if not self.trainer.checkpoint:
       return super()._maybe_build_checkpoint_manager()
+    if self._worker_scratch_dir is None:
+      if not self.strategy.extended.should_checkpoint:
+        return super()._maybe_build_checkpoint_manager()
+      # Model Garden's manager of the chief (or the only process).
+      return self._checkpoint_manager_in(
+          self.model_dir, max_to_keep=self.params.trainer.max_to_keep,
+          init_fn=self.trainer.initialize)
     if 'train' not in self._mode:
       # An eval-only controller never saves: read model_dir like the chief.
       return self._checkpoint_manager_in(
@@ -82,7 +96,7 @@ class ExperimentRunner(train_lib.OrbitExperimentRunner):
 
   def _checkpoint_manager_in(self, directory: str, **kwargs):
     """A manager of the trainer's checkpoint, with the trainer's interval."""
-    return tf.train.CheckpointManager(
+    return console.ReportingCheckpointManager(
         self.trainer.checkpoint, directory=directory,
         step_counter=self.trainer.global_step,
         checkpoint_interval=self.params.trainer.checkpoint_interval, **kwargs)
@@ -94,13 +108,19 @@ class ExperimentRunner(train_lib.OrbitExperimentRunner):
       self.trainer.initialize()
       return
     self.trainer.checkpoint.restore(latest)
-    # Orbit goes on to print "initialized model." (this worker's own
-    # directory holds no checkpoint): say what was restored.
+    # This worker's own directory holds no checkpoint, so its manager
+    # reports no restore: say what was restored.
     print(f'restored model from {latest} (the chief\'s checkpoint).',
           flush=True)
 
+  def run(self):
+    with console.orbit_prints_to_log():
+      return super().run()
+
   def _build_controller(self, *args, **kwargs):
-    controller = super()._build_controller(*args, **kwargs)
+    # Building the controller restores the checkpoint, which Orbit prints.
+    with console.orbit_prints_to_log():
+      controller = super()._build_controller(*args, **kwargs)
     if self._worker_scratch_dir is not None:
       controller.eval_actions = tuple(
           self._ema_checkpoints_to_scratch(action)

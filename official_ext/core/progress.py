@@ -3,7 +3,8 @@
 After every train loop: step, epoch, loss, learning rate, global images/s and
 images/ms (Table 1's unit) measured over the train loop alone, and the ETA;
 after every evaluation: top-1, top-5, loss, the time-to-accuracy clock and the
-peak so far; at the end, the time to peak top-1. Lines go to stdout.
+peak so far; at the end, the time to peak top-1 (and for the paper's Table 2
+rows, the time to the paper's top-1). Lines go to stdout.
 """
 import sys
 from typing import Any, Dict, Optional, TextIO
@@ -75,8 +76,12 @@ class ProgressReporter:
     step = int(self._global_step.numpy())
     parts = [f'eval at step {step}',
              f'epoch {step / self._steps_per_epoch:.2f}']
+    # top-5, or top-k with k the class count when there are fewer classes.
+    top_k = next((k for k in sorted(output)
+                  if k.startswith('top_') and k.endswith('_accuracy')
+                  and k != 'top_1_accuracy'), 'top_5_accuracy')
     for key, label in (('top_1_accuracy', 'top-1'),
-                       ('top_5_accuracy', 'top-5'),
+                       (top_k, top_k[:-len('_accuracy')].replace('_', '-')),
                        ('validation_loss', 'loss')):
       value = _scalar(output.get(key))
       if value is not None:
@@ -101,4 +106,10 @@ class ProgressReporter:
     if record.images_per_second:
       line += (f' | {record.images_per_second:.1f} images/s, '
                f'{record.images_per_second / 1000:.4f} images/ms')
+    if record.paper_top1 is not None:
+      target = record.paper_target
+      line += f" | the paper's top-1 {record.paper_top1:.4f} " + (
+          f'reached at step {target.step} after '
+          f'{format_duration(target.elapsed_s)}' if target
+          else 'not reached')
     self._print(line)

@@ -96,6 +96,17 @@ def read_params(model_dir: str) -> Optional[Dict[str, Any]]:
   return old
 
 
+def changes_from_run(model_dir: str, params) -> List[Tuple[str, Any, Any]]:
+  """(field, value in model_dir's params.yaml, value in `params`) per change.
+
+  [] for a model_dir without params.yaml.
+  """
+  old = read_params(model_dir)
+  if old is None:
+    return []
+  return differences(_plain(old), _plain(params.as_dict()))
+
+
 def check_resume(model_dir: str, params,
                  force: bool = False) -> List[Tuple[str, Any, Any]]:
   """The changes a resume into model_dir makes; raises if it may not.
@@ -103,10 +114,7 @@ def check_resume(model_dir: str, params,
   Returns [] for a new model_dir or identical params; otherwise the changed
   fields, all runtime-only unless `force`.
   """
-  old = read_params(model_dir)
-  if old is None:
-    return []
-  changes = differences(_plain(old), _plain(params.as_dict()))
+  changes = changes_from_run(model_dir, params)
   blocking = [c for c in changes if not is_runtime_only(c[0])]
   if blocking and not force:
     shown = '; '.join(f'{field}: {before!r} there, {after!r} now'

@@ -23,6 +23,7 @@ from official.modeling import performance
 from official_ext.core import config_overrides
 from official_ext.core import determinism
 from official_ext.core import divergence
+from official_ext.core import experiment_list
 from official_ext.core import experiment_runner
 from official_ext.core import progress
 from official_ext.core import recipe
@@ -154,6 +155,7 @@ def _time_to_accuracy(params, experiment: str, num_replicas: int,
   if record is None:
     record = tta.RunRecord(experiment, hparams, params.trainer.train_steps,
                            recipe.steps_per_epoch(params))
+  record.paper_top1 = experiment_list.paper_top1(experiment)
   return tta.TimeToAccuracy(record, model_dir if writes else None)
 
 

@@ -1,18 +1,30 @@
 r"""Compares training runs side by side, in the shape of the paper's Table 2.
 
-  python -m official_ext.tools.compare_runs RUN_DIR [RUN_DIR ...] \
-      [--plot FILE.png]
+  python -m official_ext.tools.compare_runs RUN_OR_PARENT_DIR [...] \
+      [--format=markdown|table|csv] [--plot FILE.png]
 
-Each RUN_DIR is a model_dir written by train.py; it holds `summary.json`, the
-time-to-accuracy record (`official_ext.core.time_to_accuracy`). One markdown
-table row is printed per run, in the order given:
+Each argument is a run directory (a model_dir written by train.py: it holds
+`summary.json`, the time-to-accuracy record of
+`official_ext.core.time_to_accuracy`) or a directory of runs: every
+directory under it holding a summary.json, in name order. One row per run,
+in the order given:
 
   run | model | replicas | global batch | optimizer | LR per 256 | decay |
-  warmup (epochs) | peak top-1 | time to peak | images/ms
+  warmup (epochs) | peak top-1 | time to peak | images/ms | paper top-1 |
+  time to paper top-1
+
+The last two are for runs of the paper's Table 2 experiments: the paper's
+peak top-1 for the run's row and the time the run first reached it (MLPerf's
+time to target), or "not reached".
+
+--format: `markdown` (default) a GitHub table padded to read; `table` the
+same columns aligned as plain text; `csv` unformatted values for
+spreadsheets (top-1 as a fraction, times in seconds, plus the status).
 
 Runs are named by their directory's basename (the full path when two
 basenames clash). Missing values print as `-`; a run that is still going is
-listed in a note under the table, since its peak may still rise.
+listed in a note under the table (on stderr with csv), since its peak may
+still rise.
 
 With --plot, one PNG is written with two panels, top-1 against wall time and
 top-1 against epoch, one line per run.
@@ -20,6 +32,8 @@ top-1 against epoch, one line per run.
 Bad arguments print one `error:` line and exit with status 2.
 """
 import argparse
+import csv
+import io
 import json
 import math
 import os
@@ -31,6 +45,7 @@ from official_ext.core import progress  # TF-free: keeps this CLI fast.
 
 SUMMARY_FILE = 'summary.json'
 EXPECTED = 'a model_dir written by train.py, holding summary.json'
+FORMATS = ('markdown', 'table', 'csv')
 
 # (name, summary) pairs, in the order the user gave the run directories.
 Runs = Sequence[Tuple[str, Dict[str, Any]]]
@@ -40,9 +55,11 @@ COLUMNS = (
     ('run', False), ('model', False), ('replicas', True),
     ('global batch', True), ('optimizer', False), ('LR per 256', True),
     ('decay', False), ('warmup (epochs)', True), ('peak top-1', True),
-    ('time to peak', True), ('images/ms', True),
+    ('time to peak', True), ('images/ms', True), ('paper top-1', True),
+    ('time to paper top-1', True),
 )
 MISSING = '-'
+NOT_REACHED = 'not reached'
 
 
 class RunDirError(ValueError):
@@ -83,6 +100,42 @@ def load_summary(run_dir: str) -> Dict[str, Any]:
         f'{path}: "evals" must be a list of objects; expected the '
         f'summary.json of {EXPECTED}')
   return summary
+
+
+def find_runs(path: str) -> List[str]:
+  """[path] for a run directory, else the run directories under `path`.
+
+  A run is a directory holding summary.json; the search does not descend
+  into runs. A path that is neither a run nor a directory of runs is
+  returned as is, for `load_summary` to say what is wrong with it.
+  """
+  if not os.path.isdir(path) or os.path.isfile(
+      os.path.join(path, SUMMARY_FILE)):
+    return [path]
+  runs = []
+  for root, dirs, files in os.walk(path):
+    if SUMMARY_FILE in files:
+      runs.append(root)
+      dirs[:] = []
+    else:
+      dirs.sort()
+  if not runs:
+    raise RunDirError(
+        f'{os.path.join(path, SUMMARY_FILE)} not found, nor in any directory '
+        f'under {path}; expected {EXPECTED}, or a directory of them')
+  return runs
+
+
+def expand_run_dirs(paths: Sequence[str]) -> List[str]:
+  """Every run the arguments name, in order, each once."""
+  runs, seen = [], set()
+  for path in paths:
+    for run in find_runs(path):
+      key = os.path.realpath(run)
+      if key not in seen:
+        seen.add(key)
+        runs.append(run)
+  return runs
 
 
 def run_names(run_dirs: Sequence[str]) -> List[str]:
@@ -135,26 +188,64 @@ def _plain(value) -> str:
   return str(value)
 
 
-def _row(name: str, summary: Dict[str, Any]) -> List[str]:
+def _values(name: str, summary: Dict[str, Any]) -> Dict[str, Any]:
+  """The row's values, unformatted (None where unknown)."""
   hparams = summary.get('hparams')
   hparams = hparams if isinstance(hparams, dict) else {}
-  peak = _number(summary.get('peak_top1'))
-  time_to_peak = _number(summary.get('time_to_peak_s'))
   images_per_ms = _number(summary.get('images_per_ms'))
   if images_per_ms is None and _number(summary.get('images_per_second')):
     images_per_ms = _number(summary.get('images_per_second')) / 1000.0
+  paper = _number(summary.get('paper_top1'))
+  return {
+      'run': name,
+      'model': hparams.get('model'),
+      'replicas': hparams.get('replicas'),
+      'global_batch': hparams.get('global_batch_size'),
+      'optimizer': hparams.get('optimizer'),
+      'lr_per_256': hparams.get('lr_per_256'),
+      'decay': hparams.get('decay'),
+      'warmup_epochs': hparams.get('warmup_epochs'),
+      'peak_top1': _number(summary.get('peak_top1')),
+      'time_to_peak_s': _number(summary.get('time_to_peak_s')),
+      'images_per_ms': images_per_ms,
+      'paper_top1': paper,
+      'paper_top1_reached': (None if paper is None else
+                             summary.get('paper_top1_reached') is True),
+      'time_to_paper_top1_s': _number(summary.get('time_to_paper_top1_s')),
+      'status': summary.get('status'),
+  }
+
+
+def _percent(fraction: Optional[float]) -> str:
+  return f'{100 * fraction:.1f}%' if fraction is not None else MISSING
+
+
+def _time_to_paper_top1(values: Dict[str, Any]) -> str:
+  if values['paper_top1'] is None:
+    return MISSING
+  if not values['paper_top1_reached']:
+    return NOT_REACHED
+  return format_duration(values['time_to_paper_top1_s'])
+
+
+def _row(name: str, summary: Dict[str, Any]) -> List[str]:
+  v = _values(name, summary)
   return [
       name,
-      _plain(hparams.get('model')),
-      _plain(hparams.get('replicas')),
-      _plain(hparams.get('global_batch_size')),
-      _plain(hparams.get('optimizer')),
-      _plain(hparams.get('lr_per_256')),
-      _plain(hparams.get('decay')),
-      _plain(hparams.get('warmup_epochs')),
-      f'{100 * peak:.1f}%' if peak is not None else MISSING,
-      format_duration(time_to_peak) if time_to_peak is not None else MISSING,
-      _significant(images_per_ms) if images_per_ms is not None else MISSING,
+      _plain(v['model']),
+      _plain(v['replicas']),
+      _plain(v['global_batch']),
+      _plain(v['optimizer']),
+      _plain(v['lr_per_256']),
+      _plain(v['decay']),
+      _plain(v['warmup_epochs']),
+      _percent(v['peak_top1']),
+      (format_duration(v['time_to_peak_s'])
+       if v['time_to_peak_s'] is not None else MISSING),
+      (_significant(v['images_per_ms'])
+       if v['images_per_ms'] is not None else MISSING),
+      _percent(v['paper_top1']),
+      _time_to_paper_top1(v),
   ]
 
 
@@ -182,6 +273,38 @@ def format_table(runs: Runs) -> str:
       for w, (_, numeric) in zip(widths, COLUMNS)) + '|'
   return '\n'.join([line(headers), rule] +
                    [line(r, numeric=True) for r in rows])
+
+
+def format_text_table(runs: Runs) -> str:
+  """The same columns as plain text, aligned for a terminal."""
+  rows = [[h for h, _ in COLUMNS]] + [_row(name, s) for name, s in runs]
+  widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+
+  def line(cells, numeric):
+    return '  '.join(
+        c.rjust(w) if numeric and COLUMNS[i][1] else c.ljust(w)
+        for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+  return '\n'.join([line(rows[0], False)] +
+                   [line(r, True) for r in rows[1:]])
+
+
+def format_csv(runs: Runs) -> str:
+  """CSV for spreadsheets: one header line, raw values, empty when unknown."""
+  out = io.StringIO()
+  writer = None
+  for name, summary in runs:
+    values = _values(name, summary)
+    if writer is None:
+      writer = csv.DictWriter(out, fieldnames=list(values),
+                              lineterminator='\n')
+      writer.writeheader()
+    writer.writerow({k: '' if v is None else v for k, v in values.items()})
+  return out.getvalue().rstrip('\n')
+
+
+FORMATTERS = {'markdown': format_table, 'table': format_text_table,
+              'csv': format_csv}
 
 
 def format_notes(runs: Runs) -> str:
@@ -274,7 +397,9 @@ def _parser() -> argparse.ArgumentParser:
       description=('Compare training runs (their summary.json) in a '
                    'Table-2-style markdown table, optionally plotting top-1.'))
   p.add_argument('run_dirs', nargs='+', metavar='RUN_DIR',
-                 help=EXPECTED)
+                 help=f'{EXPECTED}, or a directory of them')
+  p.add_argument('--format', choices=FORMATS, default='markdown',
+                 help='markdown (default), table (plain text) or csv')
   p.add_argument('--plot', metavar='FILE.png', default=None,
                  help='also write top-1 vs wall time / epoch to this PNG')
   return p
@@ -288,15 +413,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           file=sys.stderr)
     return 2
   try:
-    runs = load_runs(args.run_dirs)
+    runs = load_runs(expand_run_dirs(args.run_dirs))
   except RunDirError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  print(format_table(runs))
+  print(FORMATTERS[args.format](runs))
   notes = format_notes(runs)
   if notes:
-    print()
-    print(notes)
+    # A CSV on stdout stays one header and its rows.
+    stream = sys.stderr if args.format == 'csv' else sys.stdout
+    if stream is sys.stdout:
+      print()
+    print(notes, file=stream)
   if args.plot is not None:
     try:
       written = plot(runs, args.plot)
