@@ -61,3 +61,18 @@ def short_run_dirs(short_run):
   assert result.returncode == 0, result.stderr[-3000:]
   return {'fixture': short_run.fixture, 'lr2': short_run.model_dir,
           'lr1': model_dir}
+
+
+def file_snapshot(directory):
+  """{relative path: (size, mtime_ns)} of every file under directory, or
+  None if it does not exist: equal snapshots mean nothing was written."""
+  if not os.path.exists(directory):
+    return None
+  found = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(root, name)
+      info = os.stat(path)
+      found[os.path.relpath(path, directory)] = (info.st_size,
+                                                 info.st_mtime_ns)
+  return found

@@ -12,21 +12,9 @@ import pytest
 
 import train
 from official_ext.core import resume_guard
+from tests.conftest import file_snapshot
 
 SHORT = 'trainer.train_epochs=0.4,trainer.eval_every_epochs=0.2'
-
-
-def snapshot(directory):
-  if not os.path.exists(directory):
-    return None
-  found = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      path = os.path.join(root, name)
-      info = os.stat(path)
-      found[os.path.relpath(path, directory)] = (info.st_size,
-                                                 info.st_mtime_ns)
-  return found
 
 
 def run_main(capsys, *args):
@@ -38,14 +26,14 @@ def run_main(capsys, *args):
 
 
 def assert_one_error(capsys, model_dir, fragment, *args):
-  before = snapshot(model_dir)
+  before = file_snapshot(model_dir)
   code, _, err = run_main(capsys, f'--model_dir={model_dir}', *args)
   assert code == 2, err[-2000:]
   assert 'Traceback' not in err
   errors = [l for l in err.splitlines() if l.startswith('error:')]
   assert len(errors) == 1, err[-2000:]
   assert fragment in errors[0], errors[0]
-  assert snapshot(model_dir) == before
+  assert file_snapshot(model_dir) == before
   return errors[0]
 
 

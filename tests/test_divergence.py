@@ -4,13 +4,10 @@ import math
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-import yaml
 
 from official_ext.core import divergence
 from tests import short_runs
@@ -50,17 +47,6 @@ def test_guard_reports_the_first_bad_step_of_any_replica():
     bounded.check()
 
 
-def run_train(model_dir, override, *flags):
-  """train.py in its own process (a run leaves process-wide TF state)."""
-  result = subprocess.run(
-      [sys.executable, os.path.join(short_runs.ROOT, 'train.py'),
-       f'--experiment={short_runs.EXPERIMENT}', f'--model_dir={model_dir}',
-       f'--params_override={override}', *flags],
-      capture_output=True, text=True, timeout=900, cwd=short_runs.ROOT,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
-  return result.returncode, result.stderr
-
-
 @pytest.mark.slow  # ~1 min: one short run on top of the shared finished one.
 def test_absurd_learning_rate_stops_with_the_last_good_checkpoint_latest(
     short_run, tmp_path):
@@ -69,19 +55,14 @@ def test_absurd_learning_rate_stops_with_the_last_good_checkpoint_latest(
   shutil.copytree(short_run.model_dir, model_dir)
   good = tf.train.latest_checkpoint(model_dir)
   assert good.endswith(f'ckpt-{short_runs.TRAIN_STEPS}')
-  fixture = short_run.fixture
-
-  def override_file(name, extra):
-    path = tmp_path / f'{name}.yaml'
-    path.write_text(yaml.safe_dump(short_runs.override(fixture, extra)))
-    return str(path)
 
   # ...then the same run carried on at an absurd learning rate.
   absurd = {'trainer': {'train_epochs': 4.0, 'optimizer_config': {
       'learning_rate': {'scaled_polynomial': {'lr_per_256': 1e9,
                                               'warmup_epochs': 0.0}}}}}
-  code, err = run_train(model_dir, override_file('absurd', absurd),
-                        '--mode=train', '--force_params')
+  result = short_runs.launch(model_dir, short_run.fixture, absurd,
+                             mode='train', flags=['--force_params'])
+  code, err = result.returncode, result.stderr
   assert code == 3, err[-3000:]
   assert 'Traceback' not in err
   errors = [l for l in err.splitlines() if l.startswith('error:')]

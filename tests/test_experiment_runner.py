@@ -5,7 +5,6 @@ non-chief worker of a multi-worker job would be (tests/test_multi_worker.py
 runs real workers). Model Garden's runner would start such a worker from
 step 0 with fresh weights and save its EMA checkpoints into model_dir.
 """
-import os
 
 import numpy as np
 import tensorflow as tf
@@ -16,21 +15,9 @@ from official.core import train_utils
 from official_ext.core import experiment_runner
 from official_ext.tools import make_fixture
 from tests import short_runs
-from tests.conftest import cpu_strategy
+from tests.conftest import cpu_strategy, file_snapshot
 
 CHIEF_STEPS = 2
-
-
-def _files(directory):
-  """{relative path: (size, mtime_ns)} of every file under directory."""
-  found = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      path = os.path.join(root, name)
-      info = os.stat(path)
-      found[os.path.relpath(path, directory)] = (info.st_size,
-                                                 info.st_mtime_ns)
-  return found
 
 
 def _runner(params, mode, model_dir, scratch_dir=None):
@@ -67,7 +54,7 @@ def test_non_chief_worker_resumes_from_model_dir_and_writes_only_scratch(
   chief.run()
   chief_kernel = _first_kernel(chief).numpy()
   assert tf.train.latest_checkpoint(model_dir).endswith(f'ckpt-{CHIEF_STEPS}')
-  before = _files(model_dir)
+  before = file_snapshot(model_dir)
 
   # A worker joining the resumed run starts from the chief's state...
   scratch = tmp_path / 'scratch'
@@ -84,7 +71,7 @@ def test_non_chief_worker_resumes_from_model_dir_and_writes_only_scratch(
   # ...and its checkpoints, EMA ones included, go to scratch only.
   worker.run()
   assert int(worker.trainer.global_step.numpy()) == params.trainer.train_steps
-  assert _files(model_dir) == before
+  assert file_snapshot(model_dir) == before
   assert tf.train.latest_checkpoint(str(scratch / 'checkpoints')).endswith(
       f'ckpt-{params.trainer.train_steps}')
   assert tf.train.latest_checkpoint(str(scratch / 'ema_checkpoints'))
@@ -95,4 +82,4 @@ def test_non_chief_worker_resumes_from_model_dir_and_writes_only_scratch(
   np.testing.assert_array_equal(_first_kernel(evaluator).numpy(),
                                 chief_kernel)
   evaluator.run()
-  assert _files(model_dir) == before
+  assert file_snapshot(model_dir) == before
