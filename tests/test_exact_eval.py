@@ -206,10 +206,12 @@ def test_distributed_eval_matches_numpy_over_all_examples(
                                                  abs=TOLERANCE)
   assert logs['top_5_accuracy'] == pytest.approx(reference['top5'],
                                                  abs=TOLERANCE)
-  # The loss is a float32 mean of ~1,000 terms summed per replica: a few
-  # float32 ulps of 5.7 (6e-7 relative each) from the float64 reference.
+  # The loss is a float32 mean of ~1,000 terms, from logits the replicas
+  # compute in other batch shapes than the reference run (oneDNN rounds
+  # differently per shape): measured up to 4e-6 relative. One example counted
+  # twice or a padding example counted would move it by ~1e-3.
   assert logs['validation_loss'] == pytest.approx(reference['loss'],
-                                                  rel=2e-6)
+                                                  rel=1e-5)
   del trainer
   tf_keras.backend.clear_session()
 
