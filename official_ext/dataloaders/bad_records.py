@@ -2,27 +2,15 @@
 a bad record, fail/skip modes, and `input_error_message`.
 """
 import math
-import os
-import struct
 import sys
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional
 
-from absl import logging
-import numpy as np
 import tensorflow as tf
 
-from official.modeling import hyperparams
 from official.vision.configs import image_classification as mg_ic
-from official.vision.ops import augment
-from official.vision.ops import preprocess_ops
 
-from official_ext.dataloaders.preprocessing import (  # pylint: disable=unused-import
-    PADDING_LABEL,
-    _DTYPES,
-)
-from official_ext.dataloaders.sources import (  # pylint: disable=unused-import
-    _MISSING_LABEL,
-)
+from official_ext.dataloaders.preprocessing import PADDING_LABEL, _DTYPES
+from official_ext.dataloaders.sources import _MISSING_LABEL
 
 # Locators of the last _WINDOW records are kept with every record, to name
 # records whose decoding raised (and so vanished); records get them in
@@ -36,7 +24,6 @@ BAD_RECORD = 'bad input record'
 READ_FAILED = 'reading the input failed'
 NO_USABLE_RECORD = 'no usable input record'
 INPUT_ERROR_PREFIXES = (BAD_RECORD + ': ', READ_FAILED, NO_USABLE_RECORD)
-
 
 # Record status codes and their messages.
 OK, NO_LABEL, NO_IMAGE, UNDECODABLE, LABEL_OUT_OF_RANGE, SENTINEL = range(6)

@@ -74,20 +74,13 @@ TensorFlow error a training loop raises into the pipeline's one-line message.
 unknown or unprepared TFDS datasets, labels out of range and undecodable
 images in a sample); it does not start the TensorFlow runtime.
 """
-import math
-import os
-import struct
-import sys
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 from absl import logging
-import numpy as np
 import tensorflow as tf
 
-from official.modeling import hyperparams
 from official.vision.configs import image_classification as mg_ic
 from official.vision.ops import augment
-from official.vision.ops import preprocess_ops
 
 from official_ext.dataloaders.preprocessing import (  # pylint: disable=unused-import
     MEAN_RGB,
@@ -216,7 +209,6 @@ def _build_train(params, source, image_size, input_context, num_pipelines,
   dataset = _decode_checked(dataset, source, params, preprocess, image_size,
                             num_classes, is_training=True)
   return _batch(dataset, per_replica_batch)
-
 
 
 def _build_eval(params, source, image_size, num_pipelines, pipeline_id,

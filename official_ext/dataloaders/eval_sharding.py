@@ -2,24 +2,12 @@
 eval input pipeline reads.
 """
 import math
-import os
-import struct
-import sys
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Sequence
 
-from absl import logging
-import numpy as np
-import tensorflow as tf
-
-from official.modeling import hyperparams
 from official.vision.configs import image_classification as mg_ic
-from official.vision.ops import augment
-from official.vision.ops import preprocess_ops
 
-from official_ext.dataloaders.sources import (  # pylint: disable=unused-import
-    _make_source,
-    pipeline_files,
-)
+from official_ext.dataloaders.sources import _make_source, pipeline_files
+
 
 def eval_padded_examples_per_pipeline(num_examples: int,
                                       global_batch_size: int,
@@ -31,7 +19,6 @@ def eval_padded_examples_per_pipeline(num_examples: int,
         f'{num_pipelines} input pipelines')
   steps = math.ceil(num_examples / global_batch_size)
   return steps * (global_batch_size // num_pipelines)
-
 
 
 def eval_reads_own_files(record_counts: Sequence[int], num_examples: int,

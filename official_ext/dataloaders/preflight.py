@@ -5,30 +5,18 @@ TensorFlow runtime.
 import math
 import os
 import struct
-import sys
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Optional
 
-from absl import logging
-import numpy as np
 import tensorflow as tf
 
-from official.modeling import hyperparams
 from official.vision.configs import image_classification as mg_ic
-from official.vision.ops import augment
-from official.vision.ops import preprocess_ops
 
-from official_ext.dataloaders.preprocessing import (  # pylint: disable=unused-import
-    _check_params,
-)
-from official_ext.dataloaders.sources import (  # pylint: disable=unused-import
-    _TFDSSource,
-    _TFRecordSource,
-)
-from official_ext.dataloaders.bad_records import (  # pylint: disable=unused-import
-    _label_offset_hint,
-    resolved_label_offset,
-)
+from official_ext.dataloaders.preprocessing import _check_params
+from official_ext.dataloaders.sources import _TFDSSource, _TFRecordSource
+from official_ext.dataloaders.bad_records import (
+    _label_offset_hint, resolved_label_offset)
 
+# Records whose labels the pre-flight check reads per split (spread over at
 # most _LABEL_CHECK_FILES files).
 LABEL_CHECK_RECORDS = 1024
 _LABEL_CHECK_FILES = 16

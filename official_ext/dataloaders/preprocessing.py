@@ -1,23 +1,17 @@
 """Reference EfficientNet preprocessing: crop windows, decode-and-crop, resize,
 normalization, augmenters, and the DataConfig checks of the input pipeline.
 """
-import math
-import os
-import struct
-import sys
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Optional, Tuple
 
-from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from official.modeling import hyperparams
 from official.vision.configs import image_classification as mg_ic
 from official.vision.ops import augment
 from official.vision.ops import preprocess_ops
 
-
-
+# ImageNet mean / stddev on the 0..255 scale (Model Garden's MEAN_RGB and
+# STDDEV_RGB = 255 * (0.485, 0.456, 0.406) and 255 * (0.229, 0.224, 0.225)).
 MEAN_RGB = preprocess_ops.MEAN_RGB
 STDDEV_RGB = preprocess_ops.STDDEV_RGB
 
@@ -26,6 +20,7 @@ ON_BAD_RECORD = ('fail', 'skip')
 _DTYPES = {'float32': tf.float32, 'bfloat16': tf.bfloat16,
            'float16': tf.float16}
 _RESIZE_METHODS = ('bicubic', 'bilinear')
+
 
 # ----------------------------------------------------------------------------
 # Crop windows. A window is int32 [offset_y, offset_x, height, width].
@@ -225,7 +220,6 @@ def build_augmenter(params: mg_ic.DataConfig):
         prob_to_apply=aug_type.randaug.prob_to_apply,
         exclude_ops=aug_type.randaug.exclude_ops)
   raise ValueError(f'aug_type {aug_type.type!r} not supported')
-
 
 
 # ----------------------------------------------------------------------------

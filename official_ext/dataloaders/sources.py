@@ -1,21 +1,14 @@
 """Input sources: file listing, TFRecord record counts, and the TFRecord and
 TFDS sources that turn files into (locator, record) elements.
 """
-import math
 import os
-import struct
-import sys
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 from absl import logging
-import numpy as np
 import tensorflow as tf
 
 from official.modeling import hyperparams
 from official.vision.configs import image_classification as mg_ic
-from official.vision.ops import augment
-from official.vision.ops import preprocess_ops
-
 
 
 # TFRecord locator = file id * _FILE_STRIDE + record index within the file.
@@ -27,6 +20,7 @@ _MISSING_LABEL = -(2 ** 62)
 # Record counts of TFRecord files by (path, size, mtime): every file is
 # counted once per process, however many eval datasets are built.
 _RECORD_COUNT_CACHE = {}
+
 
 # ----------------------------------------------------------------------------
 # Files.
@@ -103,7 +97,6 @@ def file_record_counts(files: Sequence[str]) -> List[int]:
 def count_records(files: Sequence[str]) -> int:
   """Number of records in `files` (see `file_record_counts`)."""
   return sum(file_record_counts(files))
-
 
 
 def pipeline_files(num_files: int, num_pipelines: int,
