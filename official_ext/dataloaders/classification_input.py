@@ -107,16 +107,13 @@ from official_ext.dataloaders.sources import (  # pylint: disable=unused-import
     _FILE_STRIDE,
     _MISSING_LABEL,
     _RECORD_COUNT_CACHE,
-    _TFDSSource,
-    _TFRecordSource,
+    TFRecordSource,
     _make_source,
     _split_patterns,
-    _tfds_data_dir,
     count_records,
     file_record_counts,
     list_files,
     pipeline_files,
-    tfds_builder,
 )
 from official_ext.dataloaders.bad_records import (  # pylint: disable=unused-import
     BAD_RECORD,

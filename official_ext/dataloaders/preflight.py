@@ -12,7 +12,8 @@ import tensorflow as tf
 from official.vision.configs import image_classification as mg_ic
 
 from official_ext.dataloaders.preprocessing import _check_params
-from official_ext.dataloaders.sources import _TFDSSource, _TFRecordSource
+from official_ext.dataloaders.sources import TFRecordSource
+from official_ext.dataloaders.tfds_source import TFDSSource
 from official_ext.dataloaders.bad_records import (
     _label_offset_hint, resolved_label_offset)
 
@@ -98,7 +99,7 @@ def _sample_tfrecord_labels(files, label_key, image_key, max_records):
              *_label_and_image(record, label_key, image_key))
 
 
-def _sample_tfds_labels(source: '_TFDSSource', max_records):
+def _sample_tfds_labels(source: 'TFDSSource', max_records):
   """(where, label, image) of the first records of the split's files."""
   info = source.builder.info
   if str(getattr(info, 'file_format', 'tfrecord')).split('.')[-1].lower() != (
@@ -139,7 +140,7 @@ def check_source(params: mg_ic.DataConfig, num_classes: Optional[int] = None,
   _check_params(params, image_size=None)
   label_offset = resolved_label_offset(params)
   if params.tfds_name:
-    source = _TFDSSource(params)
+    source = TFDSSource(params)
     if num_classes:
       feature = source.builder.info.features[params.tfds_label_key]
       stored = getattr(feature, 'num_classes', None)
@@ -150,7 +151,7 @@ def check_source(params: mg_ic.DataConfig, num_classes: Optional[int] = None,
             f'but the model has num_classes={num_classes}')
     samples = _sample_tfds_labels(source, max_records)
   else:
-    source = _TFRecordSource(params)
+    source = TFRecordSource(params)
     samples = _sample_tfrecord_labels(source.files, params.label_field_key,
                                       params.image_field_key, max_records)
   decoded, undecodable = 0, []

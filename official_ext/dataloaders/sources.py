@@ -1,7 +1,7 @@
 """Input sources: file listing, TFRecord record counts, and the TFRecord and
 TFDS sources that turn files into (locator, record) elements.
 """
-import os
+import abc
 from typing import List, Optional, Sequence
 
 from absl import logging
@@ -113,7 +113,66 @@ def pipeline_files(num_files: int, num_pipelines: int,
 # ----------------------------------------------------------------------------
 
 
-class _TFRecordSource:
+class Source(abc.ABC):
+  """Where training and evaluation records come from.
+
+  A source yields raw elements (`split` turns one into (locator, record)),
+  `extract` parses a record into (image bytes, raw label), and `where`
+  names a locator in an error message ("file F record N"). `no_locator` (of
+  `locator_dtype`) stands for "no record" (window padding, end of stream).
+  """
+  no_locator = None
+  locator_dtype = None
+
+  @abc.abstractmethod
+  def describe(self) -> str:
+    """A few words for logs, e.g. '8 TFRecord files'."""
+
+  @abc.abstractmethod
+  def train_records(self, params, input_context, num_pipelines,
+                    pipeline_id) -> tf.data.Dataset:
+    """This pipeline's endless, shuffled raw elements."""
+
+  @abc.abstractmethod
+  def eval_records(self, num_pipelines, pipeline_id,
+                   by_file) -> tf.data.Dataset:
+    """This pipeline's share of the eval elements, once, in a fixed order."""
+
+  @abc.abstractmethod
+  def file_names(self) -> List[str]:
+    """The files the records are read from, in order."""
+
+  @abc.abstractmethod
+  def record_counts(self) -> List[int]:
+    """Records per file, in `file_names` order."""
+
+  @abc.abstractmethod
+  def num_records(self) -> int:
+    """All records of the source."""
+
+  @abc.abstractmethod
+  def extract(self, record):
+    """(image bytes, raw label) of a record (may raise)."""
+
+  @abc.abstractmethod
+  def sentinel(self):
+    """A raw element standing for the end of the stream."""
+
+  @staticmethod
+  def split(element):
+    """(locator, record) of a raw element."""
+    return element
+
+  @abc.abstractmethod
+  def reread_image(self, locator) -> Optional[tf.data.Dataset]:
+    """The image bytes at `locator`, read again (one element), or None."""
+
+  @abc.abstractmethod
+  def where(self, locator) -> tf.Tensor:
+    """A string tensor naming `locator` for error messages."""
+
+
+class TFRecordSource(Source):
   """Model Garden TFRecord shards.
 
   locator = file id * _FILE_STRIDE + record index within the file.
@@ -203,11 +262,6 @@ class _TFRecordSource:
   def sentinel(self):
     return (tf.constant(self.no_locator, tf.int64), tf.constant(''))
 
-  @staticmethod
-  def split(element):
-    """(locator, record) of a raw element."""
-    return element
-
   def reread_image(self, locator) -> Optional[tf.data.Dataset]:
     """The image bytes of the record at `locator`, read again (1 element)."""
     file_id = tf.cast(locator // _FILE_STRIDE, tf.int32)
@@ -224,175 +278,8 @@ class _TFRecordSource:
                    known)
 
 
-def _tfds_data_dir(params) -> str:
-  if params.tfds_data_dir:
-    return params.tfds_data_dir
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return str(tfds.core.constants.DATA_DIR)
-
-
-def tfds_builder(params: mg_ic.DataConfig):
-  """The TFDS builder of `params.tfds_name`, prepared in its data dir.
-
-  Raises ValueError (one line, naming the dataset and the data dir) if the
-  data dir does not exist, the dataset is unknown or not prepared there, the
-  split does not exist, or the image/label features are missing. Never
-  downloads.
-  """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  name = params.tfds_name
-  data_dir = _tfds_data_dir(params)
-  if not tf.io.gfile.isdir(data_dir):
-    raise ValueError(
-        f'tfds_data_dir {data_dir!r} (for TFDS dataset {name!r}) does not '
-        'exist; nothing is downloaded, point tfds_data_dir at a directory '
-        'holding the prepared dataset')
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except Exception as e:  # pylint: disable=broad-except
-    kind = ('unknown TFDS dataset'
-            if isinstance(e, tfds.core.registered.DatasetNotFoundError) else
-            f'cannot load TFDS dataset ({type(e).__name__})')
-    raise ValueError(
-        f'{kind} {name!r}: neither registered in tensorflow_datasets nor '
-        f'prepared in tfds_data_dir {data_dir!r}') from None
-  if not builder.is_prepared():
-    raise ValueError(
-        f'TFDS dataset {name!r} is not prepared in tfds_data_dir '
-        f'{data_dir!r} (nothing is downloaded here: prepare it elsewhere, '
-        f'e.g. `tfds build {name} --data_dir=...`, and copy it there)')
-  try:
-    builder.info.splits[params.tfds_split].num_examples  # pylint: disable=expression-not-assigned
-  except (KeyError, ValueError) as e:
-    raise ValueError(
-        f'TFDS dataset {name!r} in {data_dir!r} has no split '
-        f'{params.tfds_split!r} ({e.__class__.__name__}); its splits: '
-        f'{sorted(builder.info.splits)}') from None
-  features = builder.info.features
-  for key in (params.tfds_image_key, params.tfds_label_key):
-    if key not in features:
-      raise ValueError(
-          f'TFDS dataset {name!r} has no feature {key!r} (its features: '
-          f'{sorted(features.keys())}); set tfds_image_key/tfds_label_key')
-  return builder
-
-
-class _TFDSSource:
-  """A prepared TFDS dataset; locator = tfds_id (names file and index)."""
-
-  def __init__(self, params: mg_ic.DataConfig):
-    self.builder = tfds_builder(params)
-    self._params = params
-    self._split = params.tfds_split
-    self._image_key = params.tfds_image_key
-    self._label_key = params.tfds_label_key
-    self._data_dir = _tfds_data_dir(params)
-
-  def describe(self) -> str:
-    return f'TFDS {self._params.tfds_name}:{self._split}'
-
-  def _as_dataset(self, shuffle_files, read_config):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    dataset = self.builder.as_dataset(
-        split=self._split, shuffle_files=shuffle_files,
-        decoders={self._image_key: tfds.decode.SkipDecoding()},
-        read_config=read_config)
-    image_key, label_key = self._image_key, self._label_key
-    return dataset.map(
-        lambda ex: (ex['tfds_id'], (ex[image_key],
-                                    tf.cast(ex[label_key], tf.int64))),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-  def _num_files(self) -> int:
-    return len(self.builder.info.splits[self._split].file_instructions)
-
-  def _sequential(self):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    return self._as_dataset(False, tfds.ReadConfig(
-        add_tfds_id=True, try_autocache=False, interleave_cycle_length=1))
-
-  def train_records(self, params, input_context, num_pipelines, pipeline_id):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    if self._num_files() < num_pipelines:
-      logging.info('%d TFDS files < %d input pipelines: sharding records.',
-                   self._num_files(), num_pipelines)
-      return self._sequential().shard(num_pipelines, pipeline_id)
-    read_config = tfds.ReadConfig(
-        input_context=input_context if num_pipelines > 1 else None,
-        shuffle_seed=params.seed,
-        interleave_cycle_length=params.cycle_length or 16,
-        interleave_block_length=params.block_length,
-        add_tfds_id=True, try_autocache=False)
-    return self._as_dataset(True, read_config)
-
-  def eval_records(self, num_pipelines, pipeline_id, by_file):
-    """This pipeline's eval records, in a fixed order: its own file
-    instructions (`pipeline_files`, TFDS's per-file sharding) if `by_file`,
-    else every file's records sharded."""
-    if by_file:
-      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-      return self._as_dataset(False, tfds.ReadConfig(
-          input_context=tf.distribute.InputContext(
-              num_input_pipelines=num_pipelines,
-              input_pipeline_id=pipeline_id),
-          add_tfds_id=True, try_autocache=False, interleave_cycle_length=1))
-    dataset = self._sequential()
-    if num_pipelines > 1:
-      dataset = dataset.shard(num_pipelines, pipeline_id)
-    return dataset
-
-  def _file_instructions(self):
-    return self.builder.info.splits[self._split].file_instructions
-
-  def file_names(self) -> List[str]:
-    return [os.fspath(fi.filename) for fi in self._file_instructions()]
-
-  def record_counts(self) -> List[int]:
-    """Examples per file instruction, from the split's metadata (no read)."""
-    return [int(fi.take) for fi in self._file_instructions()]
-
-  def num_records(self) -> int:
-    return self.builder.info.splits[self._split].num_examples
-
-  def extract(self, record):
-    return record
-
-  no_locator = ''
-  locator_dtype = tf.string
-
-  def reread_image(self, locator) -> Optional[tf.data.Dataset]:
-    """The image bytes of the record `locator` (a tfds_id: file__index), read
-    again (1 element); None if the files are not TFRecords."""
-    info = self.builder.info
-    if str(getattr(info, 'file_format', 'tfrecord')).split('.')[-1].lower() != (
-        'tfrecord'):
-      return None
-    parts = tf.strings.split(locator, '__')
-    path = tf.strings.join([os.fspath(self.builder.data_dir), '/', parts[0]])
-    index = tf.strings.to_number(parts[-1], tf.int64)
-    image_key = self._image_key
-    return tf.data.TFRecordDataset(path).skip(index).take(1).map(
-        lambda r: tf.io.parse_single_example(r, {
-            image_key: tf.io.FixedLenFeature((), tf.string, default_value='')
-        })[image_key])
-
-  def sentinel(self):
-    return (tf.constant(self.no_locator),
-            (tf.constant(''), tf.constant(0, tf.int64)))
-
-  @staticmethod
-  def split(element):
-    return element
-
-  def where(self, locator) -> tf.Tensor:
-    return tf.cond(
-        tf.equal(locator, self.no_locator),
-        lambda: tf.constant('the end of the input'),
-        lambda: tf.strings.join([f'TFDS {self._params.tfds_name} record ',
-                                 locator, f' (data_dir {self._data_dir})']))
-
-
-def _make_source(params):
+def _make_source(params) -> Source:
   if params.tfds_name:
-    return _TFDSSource(params)
-  return _TFRecordSource(params)
+    from official_ext.dataloaders import tfds_source  # pylint: disable=g-import-not-at-top
+    return tfds_source.TFDSSource(params)
+  return TFRecordSource(params)
