@@ -6,6 +6,7 @@ factories (`exp_factory`, `task_factory`).
 """
 from experiments import digits_demo
 from experiments import paper_table2
+from experiments import table2_digits
 from official_ext import tasks  # pylint: disable=unused-import
 from official_ext.core import experiment_list
 

@@ -17,12 +17,16 @@ from official_ext.vision.configs import efficientnet
 from official_ext.vision.configs import image_classification as exp_cfg
 
 
+# The reference code's two, and the two large-batch optimizers beyond it.
+OPTIMIZERS = ('lars', 'rmsprop', 'lamb', 'sm3')
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
   """Everything that distinguishes one experiment from another."""
   model_id: str                      # 'b0' .. 'b7'
   global_batch_size: int
-  optimizer: str                     # 'lars' or 'rmsprop' (the reference's)
+  optimizer: str                     # one of OPTIMIZERS
   lr_per_256: float
   warmup_epochs: float
   train_epochs: float = 350.0
@@ -52,6 +56,9 @@ class Recipe:
   # float32 (bfloat16 is slower on CPU).
   precision: str = 'conv_bfloat16'
   steps_per_loop: int = 1000
+  # A run that is a function of its seed (weights, data order, augmentation).
+  deterministic: bool = False
+  seed: int = 0
   train_input_path: str = ''
   eval_input_path: str = ''
   embedded_dataset: str = ''
@@ -70,31 +77,49 @@ class Recipe:
 
   @property
   def schedule(self) -> str:
-    return 'polynomial' if self.optimizer == 'lars' else 'exponential'
+    # The paper pairs RMSProp with exponential decay and LARS with polynomial
+    # decay; LAMB and SM3 are large-batch optimizers, so they get LARS's.
+    return 'exponential' if self.optimizer == 'rmsprop' else 'polynomial'
 
 
-def _optimization(r: Recipe) -> opt_configs.OptimizationConfig:
+def _optimizer(r: Recipe) -> opt_configs.OptimizerConfig:
   if r.optimizer == 'lars':
-    optimizer = opt_configs.OptimizerConfig(
+    return opt_configs.OptimizerConfig(
         type='paper_lars', paper_lars=opt_configs.PaperLARSConfig())
-    learning_rate = opt_configs.LrConfig(
+  if r.optimizer == 'rmsprop':
+    # TF1's RMSPropOptimizer(decay=0.9, momentum=0.9, epsilon=0.001).
+    return opt_configs.OptimizerConfig(
+        type='paper_rmsprop',
+        paper_rmsprop=opt_configs.PaperRMSPropConfig(
+            rho=0.9, momentum=0.9, epsilon=0.001))
+  if r.optimizer == 'lamb':
+    # Model Garden's LAMB with the LARS skip list and LARS's weight decay.
+    return opt_configs.OptimizerConfig(
+        type='lamb',
+        lamb=opt_configs.LAMBConfig(weight_decay_rate=r.weight_decay))
+  if r.optimizer == 'sm3':
+    return opt_configs.OptimizerConfig(type='sm3', sm3=opt_configs.SM3Config())
+  raise ValueError(f'unknown optimizer {r.optimizer!r}; use one of '
+                   f'{", ".join(OPTIMIZERS)}')
+
+
+def _learning_rate(r: Recipe) -> opt_configs.LrConfig:
+  if r.schedule == 'polynomial':
+    return opt_configs.LrConfig(
         type='scaled_polynomial',
         scaled_polynomial=opt_configs.ScaledPolynomialConfig(
             lr_per_256=r.lr_per_256, warmup_epochs=r.warmup_epochs,
             power=2.0, end_learning_rate=r.end_learning_rate))
-  elif r.optimizer == 'rmsprop':
-    # TF1's RMSPropOptimizer(decay=0.9, momentum=0.9, epsilon=0.001).
-    optimizer = opt_configs.OptimizerConfig(
-        type='paper_rmsprop',
-        paper_rmsprop=opt_configs.PaperRMSPropConfig(
-            rho=0.9, momentum=0.9, epsilon=0.001))
-    learning_rate = opt_configs.LrConfig(
-        type='scaled_exponential',
-        scaled_exponential=opt_configs.ScaledExponentialConfig(
-            lr_per_256=r.lr_per_256, warmup_epochs=r.warmup_epochs,
-            decay_rate=0.97, decay_epochs=2.4, staircase=True))
-  else:
-    raise ValueError(f'unknown optimizer {r.optimizer!r}; use lars or rmsprop')
+  return opt_configs.LrConfig(
+      type='scaled_exponential',
+      scaled_exponential=opt_configs.ScaledExponentialConfig(
+          lr_per_256=r.lr_per_256, warmup_epochs=r.warmup_epochs,
+          decay_rate=0.97, decay_epochs=2.4, staircase=True))
+
+
+def _optimization(r: Recipe) -> opt_configs.OptimizationConfig:
+  optimizer = _optimizer(r)
+  learning_rate = _learning_rate(r)
   ema = None
   if r.ema_decay:
     # The reference averages trainable variables and BN moving statistics.
@@ -177,7 +202,8 @@ def build_experiment(r: Recipe) -> exp_cfg.ExperimentConfig:
       runtime=exp_cfg.RuntimeConfig(
           distribution_strategy='tpu' if r.tpu_cores else 'mirrored',
           num_cpu_replicas=r.num_cpu_replicas, tpu_cores=r.tpu_cores,
-          mixed_precision_dtype=r.precision),
+          mixed_precision_dtype=r.precision,
+          deterministic=r.deterministic, seed=r.seed),
       restrictions=['task.train_data.is_training != None',
                     'task.validation_data.is_training != None'])
   return recipe_lib.resolve(config)
