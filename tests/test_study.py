@@ -113,11 +113,11 @@ def test_quick_study_runs_reports_and_skips_finished_runs_on_rerun(
   assert '[1/4]' in printed and 'ETA' in printed and '[4/4]' in printed
   # Table 2's shape, and every run's row from compare_runs.
   assert '| optimizer |' in printed and 'peak top-1 (mean)' in printed
-  assert '| run ' in printed and 'table2_digits_lars_b512/seed1' in printed
+  assert '| run ' in printed and 'table2_digits_lars_b1024/seed1' in printed
   results = json.loads((out / study.RESULTS_FILE).read_text())
   by_cell = {c['cell']: c for c in results['cells']}
-  assert by_cell['table2_digits_lars_b32']['mean'] == pytest.approx(
-      0.99 - 32 / 10000 - 1 / 1000)
+  assert by_cell['table2_digits_lars_b64']['mean'] == pytest.approx(
+      0.99 - 64 / 10000 - 1 / 1000)
   with Image.open(out / study.PLOT_FILE) as image:
     assert image.format == 'PNG' and image.size[0] > 300
   assert (out / study.TABLE_FILE).read_text().startswith('## Study')
@@ -133,17 +133,17 @@ def test_failed_run_is_reported_others_run_and_rerun_retries_it_only(
   command, calls = fake_train
   out = tmp_path / 'study'
   argv = ['--study=table2_digits', '--quick', f'--out={out}']
-  monkeypatch.setenv('FAKE_FAIL', 'table2_digits_rmsprop_b512')
+  monkeypatch.setenv('FAKE_FAIL', 'table2_digits_rmsprop_b1024')
   assert study.main(argv, train_command=command) == 1
   captured = capsys.readouterr()
   assert 'FAILED' in captured.out
-  assert 'simulated failure of table2_digits_rmsprop_b512' in captured.out
-  assert 'table2_digits_rmsprop_b512/seed1' in captured.err
+  assert 'simulated failure of table2_digits_rmsprop_b1024' in captured.out
+  assert 'table2_digits_rmsprop_b1024/seed1' in captured.err
   assert len(calls()) == 4
   monkeypatch.delenv('FAKE_FAIL')
   assert study.main(argv, train_command=command) == 0
   assert calls()[4:] == [
-      'table2_digits_rmsprop_b512 runtime.seed=1']
+      'table2_digits_rmsprop_b1024 runtime.seed=1']
 
 
 def test_quick_runs_are_shared_with_the_full_study(tmp_path, fake_train,
@@ -153,7 +153,7 @@ def test_quick_runs_are_shared_with_the_full_study(tmp_path, fake_train,
   assert study.main(['--study=table2_digits', '--quick', f'--out={out}'],
                     train_command=command) == 0
   assert study.main(['--study=table2_digits', f'--out={out}',
-                     '--only=_b(32|512)$'], train_command=command) == 0
+                     '--only=_b(64|1024)$'], train_command=command) == 0
   full = table2_digits.STUDIES['table2_digits']
   # The quick runs (seed 1) are reused; the full study adds the other
   # optimizers and seeds at those two batches.
@@ -168,8 +168,8 @@ def test_dry_run_prints_one_train_command_per_run(capsys):
   full = table2_digits.STUDIES['table2_digits']
   assert len(lines) == len(full.cells) * len(full.seeds)
   assert lines[0].endswith(
-      '--experiment=table2_digits_rmsprop_b32 '
-      '--model_dir=/nonexistent/x/table2_digits_rmsprop_b32/seed1 '
+      '--experiment=table2_digits_rmsprop_b64 '
+      '--model_dir=/nonexistent/x/table2_digits_rmsprop_b64/seed1 '
       '--params_override=runtime.seed=1')
   assert not os.path.exists('/nonexistent/x')
 
@@ -202,14 +202,14 @@ def test_one_real_cell_trains_through_train_py(tmp_path):
   out = tmp_path / 'study'
   result = subprocess.run(
       [sys.executable, '-m', 'official_ext.tools.study',
-       '--study=table2_digits', '--quick', '--only=lars_b512',
+       '--study=table2_digits', '--quick', '--only=lars_b1024',
        f'--out={out}', '--params_override=trainer.train_epochs=4'],
       capture_output=True, text=True, timeout=900, cwd=ROOT,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
   summary = json.loads(
-      (out / 'table2_digits_lars_b512' / 'seed1' / 'summary.json').read_text())
+      (out / 'table2_digits_lars_b1024' / 'seed1' / 'summary.json').read_text())
   assert summary['status'] == 'finished'
-  assert summary['hparams']['global_batch_size'] == 512
+  assert summary['hparams']['global_batch_size'] == 1024
   assert summary['hparams']['train_epochs'] == 4
   assert '| lars ' in result.stdout and (out / study.PLOT_FILE).is_file()

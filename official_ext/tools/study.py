@@ -36,6 +36,7 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+from official_ext.core import native_logs
 from official_ext.core import progress
 from official_ext.tools import compare_runs
 
@@ -50,7 +51,9 @@ class StudyError(ValueError):
 
 
 def _studies():
-  # Imported here: registering the experiments imports TensorFlow.
+  # Imported here: registering the experiments imports TensorFlow (its C++
+  # notices silenced first, as train.py does).
+  native_logs.quiet_tensorflow_logs()
   from experiments import table2_digits  # pylint: disable=g-import-not-at-top
   return table2_digits.STUDIES, table2_digits.QUICK
 
