@@ -117,7 +117,6 @@ from official_ext.dataloaders.sources import (  # pylint: disable=unused-import
 )
 from official_ext.dataloaders.bad_records import (  # pylint: disable=unused-import
     BAD_RECORD,
-    INPUT_ERROR_PREFIXES,
     LABEL_OUT_OF_RANGE,
     NO_IMAGE,
     NO_LABEL,
@@ -126,22 +125,13 @@ from official_ext.dataloaders.bad_records import (  # pylint: disable=unused-imp
     READ_FAILED,
     SENTINEL,
     UNDECODABLE,
-    _BLOCK,
-    _FAIL_MODE_HINT,
-    _HEARTBEAT_RECORDS,
     _REASONS,
-    _WINDOW,
-    _batch,
-    _decode_checked,
-    _describe_window,
-    _first,
-    _label_note,
-    _label_offset_hint,
-    _read_failed_message,
-    _record_decoder,
-    _train_batches_fail,
+    fail_mode_decoder,
+    find_bad_record,
     input_error_message,
+    no_records_error,
     resolved_label_offset,
+    skip_bad_records,
 )
 from official_ext.dataloaders.eval_sharding import (  # pylint: disable=unused-import
     eval_files,
@@ -177,35 +167,44 @@ def _pipelines(input_context: Optional[tf.distribute.InputContext],
 
 def _build_train(params, source, image_size, input_context, num_pipelines,
                  pipeline_id, per_replica_batch, num_classes, start_step):
+  skip = params.on_bad_record == 'skip'
   dataset = source.train_records(params, input_context, num_pipelines,
-                                 pipeline_id)
+                                 pipeline_id, locators=skip)
   if params.cache:
     dataset = dataset.cache()
   dataset = dataset.shuffle(params.shuffle_buffer_size, seed=params.seed,
                             reshuffle_each_iteration=True)
   preprocess = make_preprocess_fn(params, image_size, True)
+  if skip:
+    if start_step:
+      raise ValueError(
+          "a deterministic resume needs on_bad_record='fail' (with 'skip' the "
+          'stream position of a step is not known)')
+    # An end-of-pass sentinel after every pass: a pass that yields no usable
+    # record fails instead of repeating forever.
+    dataset = dataset.concatenate(
+        tf.data.Dataset.from_tensors(source.sentinel())).repeat()
+    dataset = skip_bad_records(dataset, source, params, preprocess,
+                               image_size, num_classes, is_training=True)
+    return dataset.batch(per_replica_batch, drop_remainder=True)
+  # The hot path: read -> decode/augment -> batch.
+  dataset = dataset.repeat()
   # A resumed deterministic run continues this pipeline's stream where the
   # checkpoint's step left it: the records before are read, not decoded.
   start = start_step * (params.global_batch_size // num_pipelines)
-  if params.on_bad_record == 'fail':
-    records = dataset.repeat()
-    if start:
-      records = records.skip(start)
-    return _train_batches_fail(records, source, params, preprocess,
-                               image_size, num_classes, per_replica_batch,
-                               start_position=start)
   if start:
-    raise ValueError(
-        "a deterministic resume needs on_bad_record='fail' (with 'skip' the "
-        "stream position of a step is not known)")
-  # An end-of-pass sentinel after every pass: a pass that yields no usable
-  # record fails instead of repeating forever.
-  dataset = dataset.concatenate(
-      tf.data.Dataset.from_tensors(source.sentinel()))
-  dataset = dataset.repeat()
-  dataset = _decode_checked(dataset, source, params, preprocess, image_size,
-                            num_classes, is_training=True)
-  return _batch(dataset, per_replica_batch)
+    dataset = dataset.skip(start)
+  decode = fail_mode_decoder(source, params, preprocess, num_classes)
+  if params.deterministic and params.seed is not None:
+    # Augmentation is a function of (seed, stream position).
+    dataset = dataset.enumerate(start).map(
+        lambda position, record: decode(record, position),
+        num_parallel_calls=tf.data.AUTOTUNE)
+  else:
+    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = dataset.batch(per_replica_batch, drop_remainder=True)
+  # Reached only if the repeated stream ends: the data holds no records.
+  return dataset.concatenate(no_records_error(dataset.element_spec))
 
 
 def _build_eval(params, source, image_size, num_pipelines, pipeline_id,
@@ -239,21 +238,25 @@ def _build_eval(params, source, image_size, num_pipelines, pipeline_id,
     logging.info('eval: %d files for %d input pipelines: every pipeline reads '
                  'all files and keeps 1/%d of the records.', len(counts),
                  num_pipelines, num_pipelines)
-  dataset = source.eval_records(num_pipelines, pipeline_id, by_file)
+  skip = params.on_bad_record == 'skip'
+  dataset = source.eval_records(num_pipelines, pipeline_id, by_file,
+                                locators=skip)
   if params.cache:
     dataset = dataset.cache()
-  dataset = _decode_checked(
-      dataset, source, params, make_preprocess_fn(params, image_size, False),
-      image_size, num_classes, is_training=False)
-  dtype = _DTYPES[params.dtype]
-  padding = (tf.zeros([image_size, image_size, 3], dtype),
+  preprocess = make_preprocess_fn(params, image_size, False)
+  if skip:
+    dataset = skip_bad_records(dataset, source, params, preprocess,
+                               image_size, num_classes, is_training=False)
+  else:
+    dataset = dataset.map(
+        fail_mode_decoder(source, params, preprocess, num_classes),
+        num_parallel_calls=tf.data.AUTOTUNE)
+  padding = (tf.zeros([image_size, image_size, 3], _DTYPES[params.dtype]),
              tf.constant(PADDING_LABEL, tf.int32))
-  if len(dataset.element_spec) == 3:
-    padding += (tf.constant(False),)
   padding = tf.data.Dataset.from_tensors(padding).repeat()
   dataset = dataset.concatenate(padding).take(per_pipeline)
   dataset = dataset.apply(tf.data.experimental.assert_cardinality(per_pipeline))
-  return _batch(dataset, per_replica_batch)
+  return dataset.batch(per_replica_batch, drop_remainder=True)
 
 
 def build_dataset(
