@@ -13,18 +13,27 @@ from official_ext.tools import make_fixture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 4
+STEPS = 80  # 20 epochs of 4 steps.
 
 
 @pytest.mark.slow  # ~1-2 minutes on 2 busy cores (model build and tracing).
 def test_effnet_b0_lars_learns_the_fixture(tmp_path):
-  # The fixture's classes differ in colour and stripe pattern: learnable in a
-  # few dozen steps, so top-1 must end far above chance (1/4).
+  # The fixture's classes differ in colour and stripe pattern, the same in
+  # both splits: learnable in a few dozen steps, so top-1 must end far above
+  # chance (1/4).
   fx = make_fixture.make_fixture(
       str(tmp_path / 'fixture'), num_classes=NUM_CLASSES, num_train=128,
       num_eval=32, image_size=40, label_offset=1, tfds=True)
   override = {
       'task': {
-          'model': {'num_classes': NUM_CLASSES, 'input_size': [32, 32, 3]},
+          # No dropout, stochastic depth or label smoothing, faster-moving BN
+          # statistics and a larger LARS rate: a short run that learns.
+          'model': {'num_classes': NUM_CLASSES, 'input_size': [32, 32, 3],
+                    'dropout_rate': 0.0,
+                    'backbone': {'paper_efficientnet': {
+                        'stochastic_depth_drop_rate': 0.0}},
+                    'norm_activation': {'norm_momentum': 0.5}},
+          'losses': {'label_smoothing': 0.0},
           # Train from the TFRecords, evaluate on the TFDS build.
           'train_data': {'embedded_dataset': '', 'input_path': fx.train_pattern,
                          'num_examples': 128, 'global_batch_size': 32,
@@ -35,10 +44,11 @@ def test_effnet_b0_lars_learns_the_fixture(tmp_path):
                               'tfds_split': 'validation',
                               'num_examples': 32, 'global_batch_size': 32,
                               'label_offset': 1}},
-      'trainer': {'train_epochs': 8.0, 'eval_every_epochs': 4.0,
+      'trainer': {'train_epochs': STEPS / 4, 'eval_every_epochs': STEPS / 8,
                   'steps_per_loop': 4,
                   'optimizer_config': {'learning_rate': {
-                      'scaled_polynomial': {'warmup_epochs': 1.0}}}},
+                      'scaled_polynomial': {'lr_per_256': 4.0,
+                                            'warmup_epochs': 1.0}}}},
       # One replica: the model's trace dominates the test's time.
       'runtime': {'num_cpu_replicas': 1},
   }
@@ -53,13 +63,16 @@ def test_effnet_b0_lars_learns_the_fixture(tmp_path):
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
   assert result.returncode == 0, result.stderr[-3000:]
   out = result.stdout
-  assert '1 replicas (MirroredStrategy), 32 steps' in out, out[-3000:]
-  evals = [l for l in out.splitlines() if l.startswith('eval at step 32')]
+  assert f'1 replicas (MirroredStrategy), {STEPS} steps' in out, out[-3000:]
+  evals = [l for l in out.splitlines()
+           if l.startswith(f'eval at step {STEPS}')]
   assert evals and 'top-1' in evals[-1], out[-3000:]
   with open(model_dir / 'summary.json') as f:
     summary = json.load(f)
   peak = summary['peak_top1']
-  assert peak >= 2.5 / NUM_CLASSES, (summary, out[-3000:])
+  print('peak top-1', peak, evals)
+  # Measured: 1.0 in two runs (0.66-0.97 with 48 steps); chance is 0.25.
+  assert peak >= 3 / NUM_CLASSES, (peak, out[-3000:])
   with open(model_dir / 'params.yaml') as f:
     params = yaml.load(f, Loader=yaml.FullLoader)
   assert params['task']['train_data']['input_path'] == fx.train_pattern

@@ -40,35 +40,20 @@ image, label -1) up to
 examples, so every pipeline yields the same number of full batches and every
 real example is seen exactly once. Metrics must mask label -1.
 
-Bad records (`DataConfig.on_bad_record`): every record carries where it came
-from (file and record index within the file; for TFDS its `tfds_id`, which
-names the file and the index). A record that cannot be parsed, has no label
-or no image, whose image cannot be decoded, or whose label is outside
-[0, num_classes) after the offset, either
-  - 'fail' (default): stops the input pipeline with an InvalidArgumentError
-    "bad input record: file F record I: reason ...";
+Bad records (`DataConfig.on_bad_record`; see `bad_records`): a record that
+cannot be parsed, has no label or no image, whose image cannot be decoded, or
+whose label is outside [0, num_classes) after the offset, either
+  - 'fail' (default): stops the input pipeline. The pipeline is the plain
+    read -> decode/augment -> batch; `input_error_message` turns the
+    TensorFlow error the training loop raises into one line naming the file
+    and record index ("bad input record: file F record I: reason ..."),
+    found by re-scanning the splits' files after the failure;
   - 'skip': is dropped, and each drop is printed to stderr with the running
     count of drops of that input pipeline ("skipped bad input record (N so
     far in this input pipeline): file F record I: reason").
-Missing fields and out-of-range labels are found by checks in the graph.
-Parse/decode errors cannot be caught inside a graph (and no py_function is
-used): records get sequence numbers, decoding runs in an order-preserving map
-followed by `ignore_errors()`, and a check after it finds the gaps in the
-sequence. Evaluation and 'skip' mode check record by record; each record
-carries the locators of the records before it, which name the vanished ones.
-Training in 'fail' mode (the default) keeps Model Garden's hot path (the
-decode map fused with the batch): a batch with an undecodable record vanishes
-as a whole, the batch check sees the gap and names the record by reading the
-previous batch's records again (their locators travel with the next batch)
-and decoding them one by one. Read errors of the files themselves (an
-unreadable file, a corrupt TFRecord) always fail the pipeline, in both modes.
-Training never reads forever: in 'skip' mode every pass over the data ends
-with a sentinel, and a pass that yielded no usable record fails ("no usable
-input record ..."); in 'fail' mode a batch of sentinels follows every 4096
-records, so even a stream whose every batch vanishes fails, naming a record,
-and data with no records at all fails too. Evaluation streams end with a
-sentinel so trailing failures are found too. `input_error_message` turns the
-TensorFlow error a training loop raises into the pipeline's one-line message.
+Read errors of the files themselves (an unreadable file, a corrupt TFRecord)
+always fail. Training never reads forever: a pass with no usable record
+fails ("no usable input record ...").
 
 `check_source` is the pre-flight check run before training (missing files,
 unknown or unprepared TFDS datasets, labels out of range and undecodable
