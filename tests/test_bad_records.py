@@ -286,3 +286,29 @@ def test_training_fail_names_the_corrupt_record_among_its_batch(tmp_path):
       f'bad input record: file {path} record 6: {ci._REASONS[ci.UNDECODABLE]}'
       ' (DataConfig.on_bad_record is fail; set it to skip to drop bad '
       'records and count them in the logs)')
+
+
+def test_tfds_bad_record_is_named_by_its_tfds_id(tmp_path, capfd):
+  # 1-based labels read with label_offset 0: label 4 is outside 4 classes.
+  from official_ext.tools import make_fixture  # pylint: disable=g-import-not-at-top
+  fx = make_fixture.make_fixture(
+      str(tmp_path / 'fx'), num_classes=4, num_train=4, num_eval=8,
+      image_size=8, label_offset=1, tfds=True)
+  kwargs = dict(tfds_name=fx.tfds_name, tfds_data_dir=fx.tfds_data_dir,
+                tfds_split='validation', is_training=False,
+                global_batch_size=4, num_examples=8, label_offset=0)
+  params = ic.DataConfig(on_bad_record='fail', **kwargs)
+  with pytest.raises(tf.errors.InvalidArgumentError) as e:
+    _labels(ci.build_dataset(params, image_size=8, num_classes=4))
+  message = ci.input_error_message(e.value, [params], 4)
+  assert re.match(
+      rf'bad input record: TFDS {fx.tfds_name} record '
+      rf'{fx.tfds_name}-validation\.tfrecord-00000-of-00001__\d+ \(data_dir '
+      rf'{re.escape(fx.tfds_data_dir)}\): label outside .*stored label 4',
+      message), message
+  params = ic.DataConfig(on_bad_record='skip', **kwargs)
+  labels = _labels(ci.build_dataset(params, image_size=8, num_classes=4))
+  assert sorted(labels) == [-1, -1, 1, 1, 2, 2, 3, 3]  # Two 4s dropped.
+  lines = [l for l in capfd.readouterr().err.splitlines() if 'skipped' in l]
+  assert len(lines) == 2 and '(2 so far in this input pipeline)' in lines[1]
+  assert all(f'TFDS {fx.tfds_name} record ' in l for l in lines), lines

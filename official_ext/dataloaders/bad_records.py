@@ -342,6 +342,7 @@ def input_error_message(error: BaseException,
       return found + (_FAIL_MODE_HINT if found.startswith(BAD_RECORD) else '')
   if own is not None:
     return f'{own} (a re-scan of the input found no bad record)'
-  lines = [l.strip() for l in text.splitlines() if l.strip()]
-  return (f'{BAD_RECORD}: the input pipeline failed ({lines[0][:300]}), but '
-          'a re-scan of the input found no bad record')
+  first = text.strip().splitlines()[0] if text.strip() else ''
+  first = first.split('}} ', 1)[-1].split(' [Op:')[0]  # TF's decorations.
+  return (f'{BAD_RECORD}: the input pipeline failed ({first[:300]}), but a '
+          're-scan of the input found no bad record')
