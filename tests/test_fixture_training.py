@@ -13,7 +13,8 @@ from official_ext.tools import make_fixture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 4
-STEPS = 80  # 20 epochs of 4 steps.
+NUM_TRAIN = 256
+STEPS = 80  # 10 epochs of 8 steps.
 
 
 @pytest.mark.slow  # ~1-2 minutes on 2 busy cores (model build and tracing).
@@ -22,7 +23,7 @@ def test_effnet_b0_lars_learns_the_fixture(tmp_path):
   # both splits: learnable in a few dozen steps, so top-1 must end far above
   # chance (1/4).
   fx = make_fixture.make_fixture(
-      str(tmp_path / 'fixture'), num_classes=NUM_CLASSES, num_train=128,
+      str(tmp_path / 'fixture'), num_classes=NUM_CLASSES, num_train=NUM_TRAIN,
       num_eval=32, image_size=40, label_offset=1, tfds=True)
   override = {
       'task': {
@@ -36,15 +37,16 @@ def test_effnet_b0_lars_learns_the_fixture(tmp_path):
           'losses': {'label_smoothing': 0.0},
           # Train from the TFRecords, evaluate on the TFDS build.
           'train_data': {'embedded_dataset': '', 'input_path': fx.train_pattern,
-                         'num_examples': 128, 'global_batch_size': 32,
-                         'shuffle_buffer_size': 128, 'label_offset': 1},
+                         'num_examples': NUM_TRAIN,
+                         'global_batch_size': 32,
+                         'shuffle_buffer_size': NUM_TRAIN, 'label_offset': 1},
           'validation_data': {'embedded_dataset': '', 'input_path': '',
                               'tfds_name': fx.tfds_name,
                               'tfds_data_dir': fx.tfds_data_dir,
                               'tfds_split': 'validation',
                               'num_examples': 32, 'global_batch_size': 32,
                               'label_offset': 1}},
-      'trainer': {'train_epochs': STEPS / 4, 'eval_every_epochs': STEPS / 8,
+      'trainer': {'train_epochs': STEPS / 8, 'eval_every_epochs': STEPS / 16,
                   'steps_per_loop': 4,
                   'optimizer_config': {'learning_rate': {
                       'scaled_polynomial': {'lr_per_256': 4.0,
@@ -71,8 +73,9 @@ def test_effnet_b0_lars_learns_the_fixture(tmp_path):
     summary = json.load(f)
   peak = summary['peak_top1']
   print('peak top-1', peak, evals)
-  # Measured: 1.0 in two runs (0.66-0.97 with 48 steps); chance is 0.25.
-  assert peak >= 3 / NUM_CLASSES, (peak, out[-3000:])
+  # Chance is 0.25; measured 0.78-1.0 over 4 runs (runs vary: threads,
+  # shuffling), so more than twice chance.
+  assert peak > 2 / NUM_CLASSES, (peak, out[-3000:])
   with open(model_dir / 'params.yaml') as f:
     params = yaml.load(f, Loader=yaml.FullLoader)
   assert params['task']['train_data']['input_path'] == fx.train_pattern
