@@ -109,7 +109,13 @@ def main(argv):
     # reaches here as a TensorFlow OpError from inside the training or
     # evaluation loop: one line, no traceback. Anything else keeps its
     # traceback.
-    message = (classification_input.input_error_message(e)
+    # The input's message names the bad record: the splits are re-scanned
+    # for it (evaluation's first: it is smaller).
+    splits = [params.task.validation_data]
+    if FLAGS.mode != 'eval' and FLAGS.mode != 'continuous_eval':
+      splits.append(params.task.train_data)
+    message = (classification_input.input_error_message(
+        e, splits, params.task.model.num_classes)
                or experiment_runner.worker_failure_message(e))
     if message is None:
       raise

@@ -8,9 +8,9 @@ inside the crop window), random horizontal flip, bicubic resize, ImageNet
 normalization, float32; no RandAugment (`--randaug M` turns it on for both).
 
   ours  official_ext.dataloaders.classification_input.build_dataset, with its
-        default bad-record checking (on_bad_record='fail': sequence numbers
-        and locators travel with every record, the decode map is fused with
-        the batch, and each batch is checked for vanished or bad records).
+        default bad-record handling (on_bad_record='fail': the plain read ->
+        decode -> batch, with in-graph checks of label and image in the
+        decode map; a bad record is named by a re-scan after the failure).
         Its normalization subtracts and divides by whole-image constants:
         the same arithmetic as Model Garden's 3-vector broadcast, which runs
         on a slow unvectorized path (~850 against ~100 CPU-us per 224 px

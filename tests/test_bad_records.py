@@ -71,13 +71,17 @@ def _labels(dataset, batches=None):
 
 @pytest.mark.parametrize('case', sorted(CASES))
 def test_fail_names_file_and_record(bad_files, case):
+  # The pipeline fails; the message naming the record comes from the
+  # re-scan `input_error_message` runs after the failure.
   path = bad_files[case]
-  dataset = ci.build_dataset(_params(path, 'fail', False), image_size=8,
-                             num_classes=4)
+  params = _params(path, 'fail', False)
+  dataset = ci.build_dataset(params, image_size=8, num_classes=4)
   with pytest.raises(tf.errors.InvalidArgumentError) as e:
     _labels(dataset)
-  message = e.value.message
-  assert f'bad input record: file {path} record {BAD_INDEX}' in message
+  message = ci.input_error_message(e.value, [params], num_classes=4)
+  assert message.startswith(
+      f'bad input record: file {path} record {BAD_INDEX}: '), message
+  assert '\n' not in message
   assert CASES[case][1] in message
   assert 'on_bad_record is fail' in message
 
@@ -99,10 +103,11 @@ def test_skip_drops_and_counts_in_the_log(bad_files, case, capfd):
 
 def test_training_fail_and_skip(bad_files, capfd):
   path = bad_files['corrupt_jpeg']
-  with pytest.raises(tf.errors.InvalidArgumentError,
-                     match=f'file {path} record {BAD_INDEX}'):
-    _labels(ci.build_dataset(_params(path, 'fail', True), image_size=8,
-                             num_classes=4), batches=6)
+  params = _params(path, 'fail', True)
+  with pytest.raises(tf.errors.InvalidArgumentError) as e:
+    _labels(ci.build_dataset(params, image_size=8, num_classes=4), batches=6)
+  assert f'file {path} record {BAD_INDEX}: ' in ci.input_error_message(
+      e.value, [params], 4)
   labels = _labels(ci.build_dataset(_params(path, 'skip', True),
                                     image_size=8, num_classes=4), batches=10)
   assert labels == [1] * 20  # 4 epochs of 5 good records.
@@ -123,11 +128,14 @@ def test_corrupt_tfrecord_file_fails_in_both_modes(tmp_path):
   data[len(data) // 2] ^= 0xFF
   open(paths[0], 'wb').write(bytes(data))
   for mode in ('fail', 'skip'):
-    dataset = ci.build_dataset(_params(str(tmp_path / 'c-*'), mode, True),
-                               image_size=8, num_classes=4)
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match='reading the input failed'):
+    params = _params(str(tmp_path / 'c-*'), mode, True)
+    dataset = ci.build_dataset(params, image_size=8, num_classes=4)
+    with pytest.raises(tf.errors.OpError) as e:
       _labels(dataset, batches=10)
+    message = ci.input_error_message(e.value, [params], 4)
+    assert message.startswith('reading the input failed'), message
+    assert f'failed: file {paths[0]} record ' in message, message
+    assert 'corrupted record' in message and '\n' not in message
   with pytest.raises(ValueError, match=f'cannot read TFRecord file {paths[0]}'):
     ci.build_dataset(_params(str(tmp_path / 'c-*'), 'fail', False),
                      image_size=8, num_classes=4)
@@ -243,12 +251,12 @@ def test_training_with_no_usable_record_fails_instead_of_looping(tmp_path):
   message = ci.input_error_message(e.value)
   assert message.startswith('no usable input record in a full pass'), message
   assert f'all {len(CASES)} records were bad' in message
-  # fail: the first bad record is named even though every batch vanishes.
-  dataset = ci.build_dataset(_params(all_bad, 'fail', True), image_size=8,
-                             num_classes=4)
+  # fail: the first bad record stops training, and is named.
+  params = _params(all_bad, 'fail', True)
+  dataset = ci.build_dataset(params, image_size=8, num_classes=4)
   with pytest.raises(tf.errors.InvalidArgumentError) as e:
     next(iter(dataset))
-  message = ci.input_error_message(e.value)
+  message = ci.input_error_message(e.value, [params], 4)
   assert message.startswith(f'bad input record: file {all_bad} record '), (
       message)
   # No records at all, in both modes.
@@ -264,7 +272,7 @@ def test_training_with_no_usable_record_fails_instead_of_looping(tmp_path):
 
 def test_training_fail_names_the_corrupt_record_among_its_batch(tmp_path):
   # Batches of 4 over 12 records; only record 6 (in the middle of a batch)
-  # is corrupt, so its whole batch vanishes and is diagnosed.
+  # is corrupt: the re-scan after the failure names it.
   path = str(tmp_path / 'one-bad-00000-of-00001')
   with tf.io.TFRecordWriter(path) as writer:
     for i in range(12):
@@ -274,7 +282,33 @@ def test_training_fail_names_the_corrupt_record_among_its_batch(tmp_path):
   dataset = ci.build_dataset(params, image_size=8, num_classes=4)
   with pytest.raises(tf.errors.InvalidArgumentError) as e:
     _labels(dataset, batches=10)
-  assert ci.input_error_message(e.value) == (
+  assert ci.input_error_message(e.value, [params], 4) == (
       f'bad input record: file {path} record 6: {ci._REASONS[ci.UNDECODABLE]}'
       ' (DataConfig.on_bad_record is fail; set it to skip to drop bad '
       'records and count them in the logs)')
+
+
+def test_tfds_bad_record_is_named_by_its_tfds_id(tmp_path, capfd):
+  # 1-based labels read with label_offset 0: label 4 is outside 4 classes.
+  from official_ext.tools import make_fixture  # pylint: disable=g-import-not-at-top
+  fx = make_fixture.make_fixture(
+      str(tmp_path / 'fx'), num_classes=4, num_train=4, num_eval=8,
+      image_size=8, label_offset=1, tfds=True)
+  kwargs = dict(tfds_name=fx.tfds_name, tfds_data_dir=fx.tfds_data_dir,
+                tfds_split='validation', is_training=False,
+                global_batch_size=4, num_examples=8, label_offset=0)
+  params = ic.DataConfig(on_bad_record='fail', **kwargs)
+  with pytest.raises(tf.errors.InvalidArgumentError) as e:
+    _labels(ci.build_dataset(params, image_size=8, num_classes=4))
+  message = ci.input_error_message(e.value, [params], 4)
+  assert re.match(
+      rf'bad input record: TFDS {fx.tfds_name} record '
+      rf'{fx.tfds_name}-validation\.tfrecord-00000-of-00001__\d+ \(data_dir '
+      rf'{re.escape(fx.tfds_data_dir)}\): label outside .*stored label 4',
+      message), message
+  params = ic.DataConfig(on_bad_record='skip', **kwargs)
+  labels = _labels(ci.build_dataset(params, image_size=8, num_classes=4))
+  assert sorted(labels) == [-1, -1, 1, 1, 2, 2, 3, 3]  # Two 4s dropped.
+  lines = [l for l in capfd.readouterr().err.splitlines() if 'skipped' in l]
+  assert len(lines) == 2 and '(2 so far in this input pipeline)' in lines[1]
+  assert all(f'TFDS {fx.tfds_name} record ' in l for l in lines), lines

@@ -213,22 +213,50 @@ def test_random_crop_window_bounds_on_decoded_jpegs():
 
 
 @pytest.mark.parametrize('aug', ['randaug', 'autoaug'])
-def test_randaugment_and_autoaugment_run(fixture, aug):
+def test_randaugment_and_autoaugment_change_the_images(fixture, aug):
+  # One batch = one pass over the 24 training records, with no crop and no
+  # flip: without an augmenter every image equals one of the plain images
+  # exactly (decode and resize are deterministic), so the augmented images
+  # must be far from every plain image, or the augmenter did nothing.
   aug_type = common.Augmentation(
       type=aug, randaug=common.RandAugment(num_layers=2, magnitude=17),
       autoaug=common.AutoAugment(augmentation_name='v0'))
-  params = _tfrecord(fixture, True, global_batch_size=4,
-                     shuffle_buffer_size=8, aug_type=aug_type,
-                     dtype='bfloat16')
+  kwargs = dict(global_batch_size=fixture.num_train, shuffle_buffer_size=8,
+                aug_crop=False, aug_rand_hflip=False, seed=3)
+  params = _tfrecord(fixture, True, aug_type=aug_type, **kwargs)
   assert type(ci.build_augmenter(params)).__name__ == {
       'randaug': 'RandAugment', 'autoaug': 'AutoAugment'}[aug]
-  dataset = ci.build_dataset(params, image_size=16, num_classes=4)
-  x, y = next(iter(dataset))
-  assert x.shape == (4, 16, 16, 3) and x.dtype == tf.bfloat16
-  x = x.numpy().astype(np.float32)
+  x, y = next(iter(ci.build_dataset(params, image_size=16, num_classes=4)))
+  plain, plain_y = next(iter(ci.build_dataset(
+      _tfrecord(fixture, True, **kwargs), image_size=16, num_classes=4)))
+  assert x.shape == (fixture.num_train, 16, 16, 3) and x.dtype == tf.float32
+  assert sorted(y.numpy()) == sorted(plain_y.numpy())  # The same records.
+  x, plain = x.numpy(), plain.numpy()
   assert np.isfinite(x).all()
   assert (x >= (0 - MEAN) / STD - 0.05).all()
   assert (x <= (255 - MEAN) / STD + 0.05).all()
+  # Mean absolute distance (in normalized units) of each augmented image to
+  # the nearest plain image of its class.
+  nearest = np.array([
+      min(np.abs(image - other).mean()
+          for other, label in zip(plain, plain_y.numpy()) if label == y_i)
+      for image, y_i in zip(x, y.numpy())])
+  changed = nearest > 0.05
+  # RandAugment applies 2 ops to every image; AutoAugment a sub-policy whose
+  # ops each apply with some probability. A no-op augmenter changes none.
+  assert changed.mean() >= (0.75 if aug == 'randaug' else 0.4), nearest
+  assert np.median(nearest) > 0.1, nearest
+
+
+def test_bfloat16_augmented_batches(fixture):
+  aug_type = common.Augmentation(
+      type='randaug', randaug=common.RandAugment(num_layers=2, magnitude=17))
+  params = _tfrecord(fixture, True, global_batch_size=4,
+                     shuffle_buffer_size=8, aug_type=aug_type,
+                     dtype='bfloat16')
+  x, _ = next(iter(ci.build_dataset(params, image_size=16, num_classes=4)))
+  assert x.shape == (4, 16, 16, 3) and x.dtype == tf.bfloat16
+  assert np.isfinite(x.numpy().astype(np.float32)).all()
 
 
 # ----------------------------------------------------------------------------

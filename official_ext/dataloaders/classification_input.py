@@ -40,35 +40,20 @@ image, label -1) up to
 examples, so every pipeline yields the same number of full batches and every
 real example is seen exactly once. Metrics must mask label -1.
 
-Bad records (`DataConfig.on_bad_record`): every record carries where it came
-from (file and record index within the file; for TFDS its `tfds_id`, which
-names the file and the index). A record that cannot be parsed, has no label
-or no image, whose image cannot be decoded, or whose label is outside
-[0, num_classes) after the offset, either
-  - 'fail' (default): stops the input pipeline with an InvalidArgumentError
-    "bad input record: file F record I: reason ...";
+Bad records (`DataConfig.on_bad_record`; see `bad_records`): a record that
+cannot be parsed, has no label or no image, whose image cannot be decoded, or
+whose label is outside [0, num_classes) after the offset, either
+  - 'fail' (default): stops the input pipeline. The pipeline is the plain
+    read -> decode/augment -> batch; `input_error_message` turns the
+    TensorFlow error the training loop raises into one line naming the file
+    and record index ("bad input record: file F record I: reason ..."),
+    found by re-scanning the splits' files after the failure;
   - 'skip': is dropped, and each drop is printed to stderr with the running
     count of drops of that input pipeline ("skipped bad input record (N so
     far in this input pipeline): file F record I: reason").
-Missing fields and out-of-range labels are found by checks in the graph.
-Parse/decode errors cannot be caught inside a graph (and no py_function is
-used): records get sequence numbers, decoding runs in an order-preserving map
-followed by `ignore_errors()`, and a check after it finds the gaps in the
-sequence. Evaluation and 'skip' mode check record by record; each record
-carries the locators of the records before it, which name the vanished ones.
-Training in 'fail' mode (the default) keeps Model Garden's hot path (the
-decode map fused with the batch): a batch with an undecodable record vanishes
-as a whole, the batch check sees the gap and names the record by reading the
-previous batch's records again (their locators travel with the next batch)
-and decoding them one by one. Read errors of the files themselves (an
-unreadable file, a corrupt TFRecord) always fail the pipeline, in both modes.
-Training never reads forever: in 'skip' mode every pass over the data ends
-with a sentinel, and a pass that yielded no usable record fails ("no usable
-input record ..."); in 'fail' mode a batch of sentinels follows every 4096
-records, so even a stream whose every batch vanishes fails, naming a record,
-and data with no records at all fails too. Evaluation streams end with a
-sentinel so trailing failures are found too. `input_error_message` turns the
-TensorFlow error a training loop raises into the pipeline's one-line message.
+Read errors of the files themselves (an unreadable file, a corrupt TFRecord)
+always fail. Training never reads forever: a pass with no usable record
+fails ("no usable input record ...").
 
 `check_source` is the pre-flight check run before training (missing files,
 unknown or unprepared TFDS datasets, labels out of range and undecodable
@@ -117,7 +102,6 @@ from official_ext.dataloaders.sources import (  # pylint: disable=unused-import
 )
 from official_ext.dataloaders.bad_records import (  # pylint: disable=unused-import
     BAD_RECORD,
-    INPUT_ERROR_PREFIXES,
     LABEL_OUT_OF_RANGE,
     NO_IMAGE,
     NO_LABEL,
@@ -126,22 +110,13 @@ from official_ext.dataloaders.bad_records import (  # pylint: disable=unused-imp
     READ_FAILED,
     SENTINEL,
     UNDECODABLE,
-    _BLOCK,
-    _FAIL_MODE_HINT,
-    _HEARTBEAT_RECORDS,
     _REASONS,
-    _WINDOW,
-    _batch,
-    _decode_checked,
-    _describe_window,
-    _first,
-    _label_note,
-    _label_offset_hint,
-    _read_failed_message,
-    _record_decoder,
-    _train_batches_fail,
+    fail_mode_decoder,
+    find_bad_record,
     input_error_message,
+    no_records_error,
     resolved_label_offset,
+    skip_bad_records,
 )
 from official_ext.dataloaders.eval_sharding import (  # pylint: disable=unused-import
     eval_files,
@@ -177,35 +152,44 @@ def _pipelines(input_context: Optional[tf.distribute.InputContext],
 
 def _build_train(params, source, image_size, input_context, num_pipelines,
                  pipeline_id, per_replica_batch, num_classes, start_step):
+  skip = params.on_bad_record == 'skip'
   dataset = source.train_records(params, input_context, num_pipelines,
-                                 pipeline_id)
+                                 pipeline_id, locators=skip)
   if params.cache:
     dataset = dataset.cache()
   dataset = dataset.shuffle(params.shuffle_buffer_size, seed=params.seed,
                             reshuffle_each_iteration=True)
   preprocess = make_preprocess_fn(params, image_size, True)
+  if skip:
+    if start_step:
+      raise ValueError(
+          "a deterministic resume needs on_bad_record='fail' (with 'skip' the "
+          'stream position of a step is not known)')
+    # An end-of-pass sentinel after every pass: a pass that yields no usable
+    # record fails instead of repeating forever.
+    dataset = dataset.concatenate(
+        tf.data.Dataset.from_tensors(source.sentinel())).repeat()
+    dataset = skip_bad_records(dataset, source, params, preprocess,
+                               image_size, num_classes, is_training=True)
+    return dataset.batch(per_replica_batch, drop_remainder=True)
+  # The hot path: read -> decode/augment -> batch.
+  dataset = dataset.repeat()
   # A resumed deterministic run continues this pipeline's stream where the
   # checkpoint's step left it: the records before are read, not decoded.
   start = start_step * (params.global_batch_size // num_pipelines)
-  if params.on_bad_record == 'fail':
-    records = dataset.repeat()
-    if start:
-      records = records.skip(start)
-    return _train_batches_fail(records, source, params, preprocess,
-                               image_size, num_classes, per_replica_batch,
-                               start_position=start)
   if start:
-    raise ValueError(
-        "a deterministic resume needs on_bad_record='fail' (with 'skip' the "
-        "stream position of a step is not known)")
-  # An end-of-pass sentinel after every pass: a pass that yields no usable
-  # record fails instead of repeating forever.
-  dataset = dataset.concatenate(
-      tf.data.Dataset.from_tensors(source.sentinel()))
-  dataset = dataset.repeat()
-  dataset = _decode_checked(dataset, source, params, preprocess, image_size,
-                            num_classes, is_training=True)
-  return _batch(dataset, per_replica_batch)
+    dataset = dataset.skip(start)
+  decode = fail_mode_decoder(source, params, preprocess, num_classes)
+  if params.deterministic and params.seed is not None:
+    # Augmentation is a function of (seed, stream position).
+    dataset = dataset.enumerate(start).map(
+        lambda position, record: decode(record, position),
+        num_parallel_calls=tf.data.AUTOTUNE)
+  else:
+    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = dataset.batch(per_replica_batch, drop_remainder=True)
+  # Reached only if the repeated stream ends: the data holds no records.
+  return dataset.concatenate(no_records_error(dataset.element_spec))
 
 
 def _build_eval(params, source, image_size, num_pipelines, pipeline_id,
@@ -239,21 +223,25 @@ def _build_eval(params, source, image_size, num_pipelines, pipeline_id,
     logging.info('eval: %d files for %d input pipelines: every pipeline reads '
                  'all files and keeps 1/%d of the records.', len(counts),
                  num_pipelines, num_pipelines)
-  dataset = source.eval_records(num_pipelines, pipeline_id, by_file)
+  skip = params.on_bad_record == 'skip'
+  dataset = source.eval_records(num_pipelines, pipeline_id, by_file,
+                                locators=skip)
   if params.cache:
     dataset = dataset.cache()
-  dataset = _decode_checked(
-      dataset, source, params, make_preprocess_fn(params, image_size, False),
-      image_size, num_classes, is_training=False)
-  dtype = _DTYPES[params.dtype]
-  padding = (tf.zeros([image_size, image_size, 3], dtype),
+  preprocess = make_preprocess_fn(params, image_size, False)
+  if skip:
+    dataset = skip_bad_records(dataset, source, params, preprocess,
+                               image_size, num_classes, is_training=False)
+  else:
+    dataset = dataset.map(
+        fail_mode_decoder(source, params, preprocess, num_classes),
+        num_parallel_calls=tf.data.AUTOTUNE)
+  padding = (tf.zeros([image_size, image_size, 3], _DTYPES[params.dtype]),
              tf.constant(PADDING_LABEL, tf.int32))
-  if len(dataset.element_spec) == 3:
-    padding += (tf.constant(False),)
   padding = tf.data.Dataset.from_tensors(padding).repeat()
   dataset = dataset.concatenate(padding).take(per_pipeline)
   dataset = dataset.apply(tf.data.experimental.assert_cardinality(per_pipeline))
-  return _batch(dataset, per_replica_batch)
+  return dataset.batch(per_replica_batch, drop_remainder=True)
 
 
 def build_dataset(

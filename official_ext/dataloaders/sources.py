@@ -107,36 +107,36 @@ def pipeline_files(num_files: int, num_pipelines: int,
 
 
 # ----------------------------------------------------------------------------
-# Sources. A source turns its records into elements
-#   (locator, record) where `locator` says where the record is, and decodes
-# them into (uint8 image, label, status).
+# Sources. A source reads its records, plain (the hot path of 'fail' mode) or
+# as (locator, record) elements, where `locator` says where the record is
+# ('skip' mode, and the re-scan that names a bad record after a failure).
 # ----------------------------------------------------------------------------
 
 
 class Source(abc.ABC):
   """Where training and evaluation records come from.
 
-  A source yields raw elements (`split` turns one into (locator, record)),
-  `extract` parses a record into (image bytes, raw label), and `where`
-  names a locator in an error message ("file F record N"). `no_locator` (of
-  `locator_dtype`) stands for "no record" (window padding, end of stream).
+  Records are plain (one tensor or a dict), or with `locators` (locator,
+  record) elements; `extract` parses a record into (image bytes, raw label);
+  `where` (in the graph) and `name` (in Python) name a locator in a message
+  ("file F record N"). `no_locator` stands for "no record" (the end-of-pass
+  sentinel of 'skip' mode).
   """
   no_locator = None
-  locator_dtype = None
 
   @abc.abstractmethod
   def describe(self) -> str:
     """A few words for logs, e.g. '8 TFRecord files'."""
 
   @abc.abstractmethod
-  def train_records(self, params, input_context, num_pipelines,
-                    pipeline_id) -> tf.data.Dataset:
-    """This pipeline's endless, shuffled raw elements."""
+  def train_records(self, params, input_context, num_pipelines, pipeline_id,
+                    locators=False) -> tf.data.Dataset:
+    """This pipeline's shuffled records, one pass."""
 
   @abc.abstractmethod
-  def eval_records(self, num_pipelines, pipeline_id,
-                   by_file) -> tf.data.Dataset:
-    """This pipeline's share of the eval elements, once, in a fixed order."""
+  def eval_records(self, num_pipelines, pipeline_id, by_file,
+                   locators=False) -> tf.data.Dataset:
+    """This pipeline's share of the eval records, once, in a fixed order."""
 
   @abc.abstractmethod
   def file_names(self) -> List[str]:
@@ -156,20 +156,20 @@ class Source(abc.ABC):
 
   @abc.abstractmethod
   def sentinel(self):
-    """A raw element standing for the end of the stream."""
-
-  @staticmethod
-  def split(element):
-    """(locator, record) of a raw element."""
-    return element
-
-  @abc.abstractmethod
-  def reread_image(self, locator) -> Optional[tf.data.Dataset]:
-    """The image bytes at `locator`, read again (one element), or None."""
+    """A (locator, record) element standing for the end of a pass."""
 
   @abc.abstractmethod
   def where(self, locator) -> tf.Tensor:
-    """A string tensor naming `locator` for error messages."""
+    """A string tensor naming `locator` for messages."""
+
+  @abc.abstractmethod
+  def name(self, locator) -> str:
+    """`where` in Python, for a locator value read back (numpy)."""
+
+  def find_read_error(self) -> Optional[str]:
+    """Where reading the files fails ('file F after record N: ...'), found by
+    reading them again, or None (not known)."""
+    return None
 
 
 class TFRecordSource(Source):
@@ -189,19 +189,26 @@ class TFRecordSource(Source):
   def _file_names(self):
     return tf.constant(self.files)
 
-  def _read_file(self, file_id):
+  def _reader(self, locators):
     names = self._file_names()
-    # Function-free: (file id * _FILE_STRIDE + record index, record).
-    first = tf.cast(file_id, tf.int64) * _FILE_STRIDE
-    return tf.data.TFRecordDataset(tf.gather(names, file_id)).enumerate(
-        start=first)
 
-  def _read_in_order(self) -> tf.data.Dataset:
+    def read_file(file_id):
+      records = tf.data.TFRecordDataset(tf.gather(names, file_id))
+      if not locators:
+        return records
+      # (file id * _FILE_STRIDE + record index, record).
+      return records.enumerate(
+          start=tf.cast(file_id, tf.int64) * _FILE_STRIDE)
+
+    return read_file
+
+  def _read_in_order(self, locators) -> tf.data.Dataset:
     ids = tf.data.Dataset.range(len(self.files)).map(
         lambda i: tf.cast(i, tf.int32))
-    return ids.flat_map(self._read_file)
+    return ids.flat_map(self._reader(locators))
 
-  def train_records(self, params, input_context, num_pipelines, pipeline_id):
+  def train_records(self, params, input_context, num_pipelines, pipeline_id,
+                    locators=False):
     del input_context
     num_files = len(self.files)
     if num_files < num_pipelines:
@@ -209,7 +216,7 @@ class TFRecordSource(Source):
       # in every pipeline) and shard records.
       logging.info('%d files < %d input pipelines: sharding records.',
                    num_files, num_pipelines)
-      return self._read_in_order().shard(num_pipelines, pipeline_id)
+      return self._read_in_order(locators).shard(num_pipelines, pipeline_id)
     # Shard files, then shuffle this pipeline's files and interleave them.
     ids = tf.data.Dataset.range(num_files).map(lambda i: tf.cast(i, tf.int32))
     if num_pipelines > 1:
@@ -217,21 +224,22 @@ class TFRecordSource(Source):
     mine = len(range(pipeline_id, num_files, num_pipelines))
     ids = ids.shuffle(mine, seed=params.seed, reshuffle_each_iteration=True)
     return ids.interleave(
-        self._read_file,
+        self._reader(locators),
         cycle_length=params.cycle_length or tf.data.AUTOTUNE,
         block_length=params.block_length,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=bool(params.deterministic))
 
-  def eval_records(self, num_pipelines, pipeline_id, by_file):
+  def eval_records(self, num_pipelines, pipeline_id, by_file,
+                   locators=False):
     """This pipeline's eval records, in a fixed order: its own files
     (`pipeline_files`) if `by_file`, else every file's records sharded."""
     if by_file:
       ids = tf.data.Dataset.from_tensor_slices(tf.constant(
           pipeline_files(len(self.files), num_pipelines, pipeline_id),
           tf.int32))
-      return ids.flat_map(self._read_file)
-    dataset = self._read_in_order()  # Sequential: deterministic order.
+      return ids.flat_map(self._reader(locators))
+    dataset = self._read_in_order(locators)  # Sequential: deterministic order.
     if num_pipelines > 1:
       dataset = dataset.shard(num_pipelines, pipeline_id)
     return dataset
@@ -255,18 +263,11 @@ class TFRecordSource(Source):
     })
     return features[self._image_key], features[self._label_key]
 
-  # Stands for "no record" (window padding, end-of-stream sentinel).
+  # Stands for "no record" (the end-of-pass sentinel).
   no_locator = -1
-  locator_dtype = tf.int64
 
   def sentinel(self):
     return (tf.constant(self.no_locator, tf.int64), tf.constant(''))
-
-  def reread_image(self, locator) -> Optional[tf.data.Dataset]:
-    """The image bytes of the record at `locator`, read again (1 element)."""
-    file_id = tf.cast(locator // _FILE_STRIDE, tf.int32)
-    return tf.data.TFRecordDataset(tf.gather(self._file_names(), file_id)).skip(
-        locator % _FILE_STRIDE).take(1).map(lambda r: self.extract(r)[0])
 
   def where(self, locator) -> tf.Tensor:
     def known():
@@ -276,6 +277,28 @@ class TFRecordSource(Source):
           tf.strings.as_string(locator % _FILE_STRIDE)])
     return tf.cond(locator < 0, lambda: tf.constant('the end of the input'),
                    known)
+
+  def find_read_error(self) -> Optional[str]:
+    for f in self.files:
+      try:
+        tf.data.TFRecordDataset(f).reduce(0, lambda n, _: n + 1)
+        continue
+      except tf.errors.OpError:
+        pass
+      read = 0  # The file fails: find its first record that cannot be read.
+      try:
+        for _ in tf.data.TFRecordDataset(f):
+          read += 1
+      except tf.errors.OpError as e:
+        what = (e.message or '').strip().splitlines()[0]
+        what = what.split('}} ', 1)[-1].split(' [Op:')[0]
+        return f'file {f} record {read}: {type(e).__name__}: {what[:200]}'
+    return None
+
+  def name(self, locator) -> str:
+    locator = int(locator)
+    return (f'file {self.files[locator // _FILE_STRIDE]} record '
+            f'{locator % _FILE_STRIDE}')
 
 
 def _make_source(params) -> Source:

@@ -5,7 +5,7 @@ Its own module so that TFRecord-only runs never import tensorflow_datasets
 (slow to import); `sources.make_source` imports it on demand.
 """
 import os
-from typing import List, Optional
+from typing import List
 
 from absl import logging
 import tensorflow as tf
@@ -83,40 +83,49 @@ class TFDSSource(Source):
     return f'TFDS {self._params.tfds_name}:{self._split}'
 
   def _as_dataset(self, shuffle_files, read_config):
+    """{'image': bytes, 'label': int64} records; with read_config.add_tfds_id
+    (tfds_id, record) elements."""
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     dataset = self.builder.as_dataset(
         split=self._split, shuffle_files=shuffle_files,
         decoders={self._image_key: tfds.decode.SkipDecoding()},
         read_config=read_config)
     image_key, label_key = self._image_key, self._label_key
-    return dataset.map(
-        lambda ex: (ex['tfds_id'], (ex[image_key],
-                                    tf.cast(ex[label_key], tf.int64))),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    with_id = read_config.add_tfds_id
+
+    def record(ex):
+      record = {'image': ex[image_key],
+                'label': tf.cast(ex[label_key], tf.int64)}
+      return (ex['tfds_id'], record) if with_id else record
+
+    return dataset.map(record, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True)
 
   def _num_files(self) -> int:
     return len(self.builder.info.splits[self._split].file_instructions)
 
-  def _sequential(self):
+  def _sequential(self, locators):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     return self._as_dataset(False, tfds.ReadConfig(
-        add_tfds_id=True, try_autocache=False, interleave_cycle_length=1))
+        add_tfds_id=locators, try_autocache=False, interleave_cycle_length=1))
 
-  def train_records(self, params, input_context, num_pipelines, pipeline_id):
+  def train_records(self, params, input_context, num_pipelines, pipeline_id,
+                    locators=False):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     if self._num_files() < num_pipelines:
       logging.info('%d TFDS files < %d input pipelines: sharding records.',
                    self._num_files(), num_pipelines)
-      return self._sequential().shard(num_pipelines, pipeline_id)
+      return self._sequential(locators).shard(num_pipelines, pipeline_id)
     read_config = tfds.ReadConfig(
         input_context=input_context if num_pipelines > 1 else None,
         shuffle_seed=params.seed,
         interleave_cycle_length=params.cycle_length or 16,
         interleave_block_length=params.block_length,
-        add_tfds_id=True, try_autocache=False)
+        add_tfds_id=locators, try_autocache=False)
     return self._as_dataset(True, read_config)
 
-  def eval_records(self, num_pipelines, pipeline_id, by_file):
+  def eval_records(self, num_pipelines, pipeline_id, by_file,
+                   locators=False):
     """This pipeline's eval records, in a fixed order: its own file
     instructions (`pipeline_files`, TFDS's per-file sharding) if `by_file`,
     else every file's records sharded."""
@@ -126,8 +135,9 @@ class TFDSSource(Source):
           input_context=tf.distribute.InputContext(
               num_input_pipelines=num_pipelines,
               input_pipeline_id=pipeline_id),
-          add_tfds_id=True, try_autocache=False, interleave_cycle_length=1))
-    dataset = self._sequential()
+          add_tfds_id=locators, try_autocache=False,
+          interleave_cycle_length=1))
+    dataset = self._sequential(locators)
     if num_pipelines > 1:
       dataset = dataset.shard(num_pipelines, pipeline_id)
     return dataset
@@ -146,30 +156,13 @@ class TFDSSource(Source):
     return self.builder.info.splits[self._split].num_examples
 
   def extract(self, record):
-    return record
+    return record['image'], record['label']
 
   no_locator = ''
-  locator_dtype = tf.string
-
-  def reread_image(self, locator) -> Optional[tf.data.Dataset]:
-    """The image bytes of the record `locator` (a tfds_id: file__index), read
-    again (1 element); None if the files are not TFRecords."""
-    info = self.builder.info
-    if str(getattr(info, 'file_format', 'tfrecord')).split('.')[-1].lower() != (
-        'tfrecord'):
-      return None
-    parts = tf.strings.split(locator, '__')
-    path = tf.strings.join([os.fspath(self.builder.data_dir), '/', parts[0]])
-    index = tf.strings.to_number(parts[-1], tf.int64)
-    image_key = self._image_key
-    return tf.data.TFRecordDataset(path).skip(index).take(1).map(
-        lambda r: tf.io.parse_single_example(r, {
-            image_key: tf.io.FixedLenFeature((), tf.string, default_value='')
-        })[image_key])
 
   def sentinel(self):
     return (tf.constant(self.no_locator),
-            (tf.constant(''), tf.constant(0, tf.int64)))
+            {'image': tf.constant(''), 'label': tf.constant(0, tf.int64)})
 
   def where(self, locator) -> tf.Tensor:
     return tf.cond(
@@ -177,3 +170,9 @@ class TFDSSource(Source):
         lambda: tf.constant('the end of the input'),
         lambda: tf.strings.join([f'TFDS {self._params.tfds_name} record ',
                                  locator, f' (data_dir {self._data_dir})']))
+
+  def name(self, locator) -> str:
+    if isinstance(locator, bytes):
+      locator = locator.decode()
+    return (f'TFDS {self._params.tfds_name} record {locator} (data_dir '
+            f'{self._data_dir})')

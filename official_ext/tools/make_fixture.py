@@ -77,13 +77,17 @@ def _class_style(label: int, seed: int):
 
 
 def class_images(labels: Sequence[int], height: int, width: int,
-                 seed: int = 0) -> np.ndarray:
+                 seed: int = 0,
+                 style_seed: Optional[int] = None) -> np.ndarray:
   """uint8 [N, height, width, 3] images whose content depends on the label.
 
-  Class c (0-based) has its own colour and stripe pattern (orientation
-  c % 4, c // 4 % 4 + 2 periods per image); every image gets a random
-  phase, brightness and per-pixel noise from `seed`.
+  Class c (0-based) has its own colour (from `style_seed`, default `seed`)
+  and stripe pattern (orientation c % 4, c // 4 % 4 + 2 periods per image);
+  every image gets a random phase, brightness and per-pixel noise from
+  `seed`. Splits of one dataset share the style seed, so that a class looks
+  the same in all of them.
   """
+  style_seed = seed if style_seed is None else style_seed
   rng = np.random.default_rng(seed)
   yy, xx = np.meshgrid(np.arange(height, dtype=np.float32) / height,
                        np.arange(width, dtype=np.float32) / width,
@@ -91,7 +95,7 @@ def class_images(labels: Sequence[int], height: int, width: int,
   coords = (xx, yy, (xx + yy) / 2, (xx - yy) / 2)
   out = np.empty((len(labels), height, width, 3), np.uint8)
   for i, label in enumerate(labels):
-    colour, orientation, frequency = _class_style(int(label), seed)
+    colour, orientation, frequency = _class_style(int(label), style_seed)
     if orientation == 3:
       pattern = np.sign(np.sin(2 * np.pi * frequency * xx + rng.uniform(
           0, 2 * np.pi))) * np.sign(np.sin(2 * np.pi * frequency * yy))
@@ -311,7 +315,10 @@ def make_fixture(out: str, num_classes: int, num_train: int, num_eval: int,
         (TRAIN_PREFIX, num_train, num_shards, 2 * seed),
         (EVAL_PREFIX, num_eval, eval_shards, 2 * seed + 1)):
       labels = balanced_labels(count, num_classes, split_seed)
-      images = class_images(labels, image_size, width, seed=split_seed)
+      # The class colours come from the fixture's seed: the same in both
+      # splits (the examples' noise comes from the split's seed).
+      images = class_images(labels, image_size, width, seed=split_seed,
+                            style_seed=seed)
       tfrecord_writer.write_image_classification_records(
           os.path.join(temp, prefix), images, labels + label_offset,
           num_shards=shards, image_format='jpeg', jpeg_quality=jpeg_quality,
