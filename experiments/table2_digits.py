@@ -110,6 +110,9 @@ class Study:
   cells: Tuple[Cell, ...]
   seeds: Sequence[int]
   description: str
+  # What the plot puts on its x axis: a cell's global batch, or a
+  # hyperparameter of its summary.json (`lr_per_256`).
+  x_axis: str = 'global_batch_size'
 
 
 def _grid(optimizers, batches) -> Tuple[Cell, ...]:
@@ -137,7 +140,7 @@ STUDIES: Dict[str, Study] = {
     'table2_digits_lr_sweep': Study(
         _sweep(), SEEDS[:1],
         f'LR per 256 of each optimizer at global batch {BATCHES[0]}, one '
-        'seed'),
+        'seed', x_axis='lr_per_256'),
 }
 # `--quick` of a study: its smaller variant.
 QUICK = {'table2_digits': 'table2_digits_quick'}

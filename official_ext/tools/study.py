@@ -16,8 +16,10 @@ global batch with the mean and spread of peak top-1 over seeds, and writes:
 
   DIR/table.md                 both tables, in markdown
   DIR/results.json             per cell: seeds' peak top-1, mean, min, max
-  DIR/peak_top1_vs_batch.png   peak top-1 against global batch, one line per
-                               optimizer, error bars from min to max over seeds
+  DIR/peak_top1_vs_batch.png   peak top-1 against global batch (the study's
+                               `x_axis`: LR per 256 for the LR sweep), one
+                               line per optimizer, error bars from min to max
+                               over seeds
 
 `--quick` runs the study's small variant; `--only` keeps the cells whose name
 matches REGEX; `--params_override` is added to every run (a changed override
@@ -314,8 +316,22 @@ def format_summary(cells: Sequence[Dict[str, Any]]) -> str:
                    [line(r, True) for r in rows])
 
 
-def plot(cells: Sequence[Dict[str, Any]], path: str) -> str:
-  """Peak top-1 against global batch, one line per optimizer, to a PNG."""
+def _x_value(cell: Dict[str, Any], x_axis: str) -> Optional[float]:
+  if x_axis == 'global_batch_size':
+    return cell['global_batch_size']
+  return compare_runs._number(cell['hparams'].get(x_axis))  # pylint: disable=protected-access
+
+
+X_LABELS = {'global_batch_size': 'global batch size',
+            'lr_per_256': 'LR per 256 examples'}
+
+
+def plot(cells: Sequence[Dict[str, Any]], path: str,
+         x_axis: str = 'global_batch_size') -> str:
+  """Peak top-1 against `x_axis`, one line per optimizer, to a PNG.
+
+  Error bars span the seeds' min to max.
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')  # headless hosts
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -326,24 +342,29 @@ def plot(cells: Sequence[Dict[str, Any]], path: str) -> str:
     for c in cells:
       if c['optimizer'] not in optimizers:
         optimizers.append(c['optimizer'])
+    xs_all = set()
     for optimizer in optimizers:
-      points = sorted((c['global_batch_size'], c) for c in cells
-                      if c['optimizer'] == optimizer and c['mean'] is not None)
+      points = sorted(
+          ((_x_value(c, x_axis), c) for c in cells
+           if c['optimizer'] == optimizer and c['mean'] is not None and
+           _x_value(c, x_axis) is not None), key=lambda point: point[0])
       if not points:
         continue
-      xs = [b for b, _ in points]
+      xs = [x for x, _ in points]
+      xs_all.update(xs)
       means = [100 * c['mean'] for _, c in points]
       below = [100 * (c['mean'] - c['min']) for _, c in points]
       above = [100 * (c['max'] - c['mean']) for _, c in points]
       ax.errorbar(xs, means, yerr=[below, above], marker='o', capsize=4,
                   label=optimizer)
-    ax.set_xscale('log', base=2)
-    batches = sorted({c['global_batch_size'] for c in cells})
-    ax.set_xticks(batches)
-    ax.set_xticklabels([str(b) for b in batches])
-    ax.set_xlabel('global batch size')
+    ax.set_xscale('log', base=2 if x_axis == 'global_batch_size' else 10)
+    if x_axis == 'global_batch_size':
+      ax.set_xticks(sorted(xs_all))
+      ax.set_xticklabels([f'{x:g}' for x in sorted(xs_all)])
+    ax.set_xlabel(X_LABELS.get(x_axis, x_axis))
     ax.set_ylabel('peak top-1 (%)')
-    ax.set_title('Peak top-1 vs global batch (bars: min-max over seeds)')
+    ax.set_title(f'Peak top-1 vs {X_LABELS.get(x_axis, x_axis)} '
+                 '(bars: min-max over seeds)')
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -358,7 +379,7 @@ def plot(cells: Sequence[Dict[str, Any]], path: str) -> str:
 
 
 def report(study_name: str, runs: Sequence[Run], out: str,
-           stream=None) -> None:
+           x_axis: str = 'global_batch_size', stream=None) -> None:
   stream = stream or sys.stdout
   loaded = [(r.name, r.summary()) for r in runs]
   loaded = [(name, s) for name, s in loaded if s is not None]
@@ -375,7 +396,7 @@ def report(study_name: str, runs: Sequence[Run], out: str,
   _write_json_atomically(os.path.join(out, RESULTS_FILE),
                          {'study': study_name, 'cells': cells})
   if any(c['mean'] is not None for c in cells):
-    written = plot(cells, os.path.join(out, PLOT_FILE))
+    written = plot(cells, os.path.join(out, PLOT_FILE), x_axis)
     print(f'wrote {os.path.join(out, TABLE_FILE)}, {written}', file=stream)
 
 
@@ -449,7 +470,7 @@ def main(argv: Optional[Sequence[str]] = None,
     return 130
   print(f'study wall time this invocation: '
         f'{progress.format_duration(time.monotonic() - start)}', flush=True)
-  report(study_name, runs, out)
+  report(study_name, runs, out, study.x_axis)
   if failed:
     print(f'error: {len(failed)} run(s) failed: '
           f'{", ".join(r.name for r in failed)} (logs in '
