@@ -208,10 +208,11 @@ def test_distributed_eval_matches_numpy_over_all_examples(
                                                  abs=TOLERANCE)
   # The loss is a float32 mean of ~1,000 terms, from logits the replicas
   # compute in other batch shapes than the reference run (oneDNN rounds
-  # differently per shape): measured up to 4e-6 relative. One example counted
-  # twice or a padding example counted would move it by ~1e-3.
+  # differently per shape): measured up to 1.2e-5 relative (losses ~10 of a
+  # random-init B0). The counts above check that every example counts once;
+  # this checks the weighted mean itself.
   assert logs['validation_loss'] == pytest.approx(reference['loss'],
-                                                  rel=1e-5)
+                                                  rel=5e-5)
   del trainer
   tf_keras.backend.clear_session()
 

@@ -52,7 +52,8 @@ def test_effnet_b0_lars_learns_the_fixture(tmp_path):
                       'scaled_polynomial': {'lr_per_256': 4.0,
                                             'warmup_epochs': 1.0}}}},
       # One replica: the model's trace dominates the test's time.
-      'runtime': {'num_cpu_replicas': 1},
+      # Deterministic: the same weights, data order and arithmetic every run.
+      'runtime': {'num_cpu_replicas': 1, 'deterministic': True, 'seed': 1},
   }
   override_file = tmp_path / 'override.yaml'
   override_file.write_text(yaml.safe_dump(override))
@@ -72,10 +73,9 @@ def test_effnet_b0_lars_learns_the_fixture(tmp_path):
   with open(model_dir / 'summary.json') as f:
     summary = json.load(f)
   peak = summary['peak_top1']
-  print('peak top-1', peak, evals)
-  # Chance is 0.25; measured 0.78-1.0 over 4 runs (runs vary: threads,
-  # shuffling), so more than twice chance.
-  assert peak > 2 / NUM_CLASSES, (peak, out[-3000:])
+  # Chance is 0.25; this deterministic run measured 0.969 (non-deterministic
+  # runs gave 0.78-1.0), so at least three times chance.
+  assert peak >= 3 / NUM_CLASSES, (peak, out[-3000:])
   with open(model_dir / 'params.yaml') as f:
     params = yaml.load(f, Loader=yaml.FullLoader)
   assert params['task']['train_data']['input_path'] == fx.train_pattern

@@ -213,3 +213,14 @@ def test_one_real_cell_trains_through_train_py(tmp_path):
   assert summary['hparams']['global_batch_size'] == 1024
   assert summary['hparams']['train_epochs'] == 4
   assert '| lars ' in result.stdout and (out / study.PLOT_FILE).is_file()
+
+
+def test_lr_sweep_plot_puts_lr_per_256_on_its_x_axis(tmp_path):
+  # Every sweep cell has the same batch: points are placed (and sorted) by LR.
+  cells = [
+      {'optimizer': 'lars', 'global_batch_size': 64, 'mean': m, 'min': m,
+       'max': m, 'hparams': {'lr_per_256': lr}}
+      for lr, m in ((8.0, 0.9), (0.5, 0.4), (2.0, 0.8))]
+  path = study.plot(cells, str(tmp_path / 'sweep.png'), x_axis='lr_per_256')
+  with Image.open(path) as image:
+    assert image.format == 'PNG'

@@ -7,6 +7,8 @@ import sys
 import pytest
 import yaml
 
+import experiments
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A few steps of the demo: 0.4 epochs of 1438 images at batch 128 = 4 steps,
 # an evaluation every 2 steps, 2 logical CPU replicas.
@@ -35,7 +37,9 @@ def test_list_prints_every_experiment():
   result = run_train('--experiment=list')
   assert result.returncode == 0, result.stderr[-2000:]
   lines = result.stdout.strip().splitlines()
-  assert len(lines) == 13  # header + 12 experiments
+  assert len(lines) == 1 + len(experiments.EXPERIMENT_NAMES)  # with a header
+  assert [l.split()[0] for l in lines[1:]] == list(
+      experiments.EXPERIMENT_NAMES)
   row = next(l for l in lines if l.startswith('effnet_b5_lars_65k'))
   for fragment in ('efficientnet-b5', '65536', 'paper_lars', '0.081',
                    '20.74', 'polynomial', '43'):
