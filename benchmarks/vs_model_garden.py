@@ -5,7 +5,10 @@ r"""Training-step throughput: this project's task against Model Garden's stock.
                 EfficientNet backbone, paper LARS with warmup and polynomial
                 decay, EMA 0.9999 of the weights and BN statistics, label
                 smoothing 0.1, weight decay 1e-5 in the loss), built by
-                Model Garden's task factory;
+                Model Garden's task factory; on this CPU host its 1x1
+                convolutions run as matmuls (PointwiseConv2D) and its 5x5
+                depthwise kernel gradients as depthwise convolutions
+                (depthwise_kernel_gradient 'auto' -> 'folded');
   Model Garden  Model Garden's own `ImageClassificationTask` with its
                 EfficientNet backbone (se_ratio 0.25, swish, stochastic depth
                 0.2, BN momentum 0.99 / epsilon 1e-3, dropout as ours), its
@@ -70,6 +73,10 @@ def parse_args(argv=None):
   parser.add_argument('--experiment', default='effnet_b0_digits',
                       help='our side: a registered experiment whose '
                       'optimizer is paper_lars (default %(default)s)')
+  parser.add_argument('--depthwise_kernel_gradient', default='',
+                      choices=['', 'auto', 'native', 'folded'],
+                      help="our side's paper_efficientnet."
+                      "depthwise_kernel_gradient (default: the experiment's)")
   parser.add_argument('--image_size', type=int, default=64)
   parser.add_argument('--per_replica_batch', type=int, default=16)
   parser.add_argument('--settings', default='1,4',
@@ -97,6 +104,9 @@ def our_params(args, replicas: int):
                'train_data': {'global_batch_size':
                               args.per_replica_batch * replicas,
                               'dtype': 'float32'}}}, is_strict=True)
+  if args.depthwise_kernel_gradient:
+    params.task.model.backbone.paper_efficientnet.depthwise_kernel_gradient = (
+        args.depthwise_kernel_gradient)
   recipe.resolve(params)
   params.validate()
   params.lock()
@@ -190,9 +200,15 @@ def train_steps(args, replicas: int):
           f'{sum(v.shape.num_elements() for v in model.trainable_variables):,}'
           f' trainable parameters in {len(model.trainable_variables)} '
           f'variables, optimizer {type(optimizer).__name__}('
-          f'{type(allreduce_share.base_optimizer(optimizer)).__name__})',
-          flush=True)
+          f'{type(allreduce_share.base_optimizer(optimizer)).__name__})'
+          + (f', depthwise kernel gradient {depthwise_gradient(ours)}'
+             if name == OURS else ''), flush=True)
   return steps, strategy
+
+
+def depthwise_gradient(ours) -> str:
+  return efficientnet.resolve_depthwise_kernel_gradient(
+      ours.task.model.backbone.paper_efficientnet.depthwise_kernel_gradient)
 
 
 def _single_device_step(task, model, optimizer, metrics, images, labels):

@@ -14,6 +14,7 @@ from official_ext.core import determinism
 from official_ext.modeling.layers import bn_group_rules
 from official_ext.modeling.layers import group_assignment
 from official_ext.modeling.optimization import configs as opt_configs
+from official_ext.vision.configs import backbones as backbones_cfg
 from official_ext.vision.configs import image_classification as exp_cfg
 
 # Derived field -> the recipe field(s) to override instead.
@@ -185,6 +186,12 @@ def resolve(params, num_replicas: Optional[int] = None):
   if backbone.type == 'paper_efficientnet':
     backbone.paper_efficientnet.conv_dtype = (
         'bfloat16' if precision == 'conv_bfloat16' else '')
+    gradient = backbone.paper_efficientnet.depthwise_kernel_gradient
+    choices = backbones_cfg.DEPTHWISE_KERNEL_GRADIENTS
+    if gradient not in choices:
+      raise ValueError(
+          'task.model.backbone.paper_efficientnet.depthwise_kernel_gradient='
+          f'{gradient!r}; use one of {", ".join(choices)}')
 
   replicas = num_replicas or expected_replicas(params)
   if replicas:

@@ -35,7 +35,9 @@ contract):
 * stochastic depth grows linearly with the block index instead of one rate for
   every block; squeeze-excite (0.25) and swish are the defaults;
 * `conv_dtype` runs only the convolutions in another precision (the paper's
-  "bfloat16 for convolutions, float32 elsewhere").
+  "bfloat16 for convolutions, float32 elsewhere");
+* 1x1 stride-1 convolutions are `PointwiseConv2D`, a `Conv2D` computed as a
+  matrix multiply (same variables and outputs; much faster on CPU).
 
 Output contract (same as Model Garden's EfficientNet, so
 `official.vision.modeling.classification_model.ClassificationModel` works
@@ -56,6 +58,9 @@ import tf_keras
 
 from official.modeling import hyperparams
 from official.vision.modeling.backbones import factory
+from official_ext.modeling.layers import depthwise_conv
+from official_ext.modeling.layers import pointwise_conv
+from official_ext.vision.configs import backbones as backbones_cfg
 
 layers = tf_keras.layers
 
@@ -87,6 +92,9 @@ B0_BLOCKS = (
 )
 STEM_FILTERS = 32
 HEAD_FILTERS = 1280
+# EfficientNet(depthwise_kernel_gradient=...); the config also takes 'auto'.
+DEPTHWISE_KERNEL_GRADIENTS = tuple(
+    c for c in backbones_cfg.DEPTHWISE_KERNEL_GRADIENTS if c != 'auto')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,11 +221,11 @@ class SqueezeExcite(tf_keras.layers.Layer):
                   kernel_regularizer=kernel_regularizer,
                   bias_regularizer=bias_regularizer,
                   dtype=self.dtype_policy)
-    self._reduce = layers.Conv2D(
+    self._reduce = pointwise_conv.PointwiseConv2D(
         reduced_filters,
         kernel_initializer=tf_keras.initializers.get(self.kernel_initializer),
         name='reduce_conv2d', **common)
-    self._expand = layers.Conv2D(
+    self._expand = pointwise_conv.PointwiseConv2D(
         filters,
         kernel_initializer=tf_keras.initializers.get(self.kernel_initializer),
         name='expand_conv2d', **common)
@@ -265,6 +273,7 @@ class EfficientNet(tf_keras.Model):
                norm_epsilon: float = 1e-3,
                norm_layer_factory: Optional[NormLayerFactory] = None,
                conv_dtype: DTypeLike = None,
+               depthwise_kernel_gradient: str = 'native',
                kernel_initializer: Any = None,
                kernel_regularizer: Optional[
                    tf_keras.regularizers.Regularizer] = None,
@@ -297,6 +306,10 @@ class EfficientNet(tf_keras.Model):
         squeeze-excite convs act on a 1x1 pooled vector (negligible FLOPs) and
         produce the sigmoid gate, so they stay float32 like the paper's
         "everything but convolutions" numerics.
+      depthwise_kernel_gradient: 'native' (TensorFlow's gradient of every
+        depthwise conv) or 'folded' (`FoldedGradientDepthwiseConv2D`: the
+        kernel gradient of the stride-1 5x5 depthwise convs as a forward
+        depthwise conv, faster on CPU; same values up to float rounding).
       kernel_initializer: initializer (name or config) of every conv kernel;
         default the reference N(0, sqrt(2 / fan_out)).
       kernel_regularizer: regularizer of every conv kernel.
@@ -306,6 +319,10 @@ class EfficientNet(tf_keras.Model):
     if model_id not in SCALING:
       raise ValueError(f'Unknown EfficientNet model_id {model_id!r}; '
                        f'expected one of {sorted(SCALING)}')
+    if depthwise_kernel_gradient not in DEPTHWISE_KERNEL_GRADIENTS:
+      raise ValueError(
+          f'depthwise_kernel_gradient={depthwise_kernel_gradient!r}; use one '
+          f'of {", ".join(DEPTHWISE_KERNEL_GRADIENTS)}')
     scaling = SCALING[model_id]
     conv_policy = _policy(conv_dtype)
     other_dtype = 'float32' if conv_policy is not None else None
@@ -323,21 +340,29 @@ class EfficientNet(tf_keras.Model):
         'norm_epsilon': norm_epsilon,
         'norm_layer_factory': norm_layer_factory,
         'conv_dtype': conv_policy.name if conv_policy is not None else None,
+        'depthwise_kernel_gradient': depthwise_kernel_gradient,
         'kernel_initializer': kernel_initializer,
         'kernel_regularizer': kernel_regularizer,
         'bias_regularizer': bias_regularizer,
     }
 
     def conv(filters, kernel_size, strides, name):
-      return layers.Conv2D(
+      conv_class = (pointwise_conv.PointwiseConv2D
+                    if kernel_size == 1 and strides == 1 else layers.Conv2D)
+      return conv_class(
           filters, kernel_size, strides=strides, padding='same',
           use_bias=False,
           kernel_initializer=tf_keras.initializers.get(kernel_initializer),
           kernel_regularizer=kernel_regularizer,
           dtype=conv_policy, name=name)
 
+    depthwise_class = {
+        'native': layers.DepthwiseConv2D,
+        'folded': depthwise_conv.FoldedGradientDepthwiseConv2D,
+    }[depthwise_kernel_gradient]
+
     def depthwise(kernel_size, strides, name):
-      return layers.DepthwiseConv2D(
+      return depthwise_class(
           kernel_size, strides=strides, padding='same', use_bias=False,
           depthwise_initializer=tf_keras.initializers.get(kernel_initializer),
           depthwise_regularizer=kernel_regularizer,
@@ -457,6 +482,23 @@ class EfficientNet(tf_keras.Model):
   @classmethod
   def from_config(cls, config, custom_objects=None):
     return cls(**config)
+
+
+def resolve_depthwise_kernel_gradient(choice: str) -> str:
+  """'auto' -> 'folded' when this process runs on CPU only, else 'native'.
+
+  The folded kernel gradient is a CPU optimization; TPUs (XLA) and GPUs keep
+  TensorFlow's own gradient.
+  """
+  if choice != 'auto':
+    return choice
+  on_accelerator = (
+      isinstance(tf.distribute.get_strategy(),
+                 (tf.distribute.TPUStrategy,
+                  tf.distribute.experimental.TPUStrategy))
+      or tf.config.list_logical_devices('TPU')
+      or tf.config.list_logical_devices('GPU'))
+  return 'native' if on_accelerator else 'folded'
 
 
 def bn_group_assignment(norm_activation_config: hyperparams.Config,
@@ -583,4 +625,6 @@ def build_paper_efficientnet(
       norm_epsilon=norm_activation_config.norm_epsilon,
       norm_layer_factory=make_norm_layer_factory(norm_activation_config),
       conv_dtype=cfg.conv_dtype or None,
+      depthwise_kernel_gradient=resolve_depthwise_kernel_gradient(
+          cfg.depthwise_kernel_gradient),
       kernel_regularizer=l2_regularizer)

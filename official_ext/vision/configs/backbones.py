@@ -9,6 +9,9 @@ import dataclasses
 from official.modeling import hyperparams
 from official.vision.configs import backbones as mg_backbones
 
+# PaperEfficientNet.depthwise_kernel_gradient ('auto' is resolved at build).
+DEPTHWISE_KERNEL_GRADIENTS = ('auto', 'native', 'folded')
+
 
 @dataclasses.dataclass
 class PaperEfficientNet(hyperparams.Config):
@@ -24,6 +27,11 @@ class PaperEfficientNet(hyperparams.Config):
       'bfloat16' / 'mixed_bfloat16' = the main-path convolutions compute in
       bfloat16 (float32 variables) and every other layer in float32, the
       paper's "bfloat16 for convolutions" mode.
+    depthwise_kernel_gradient: 'native' = TensorFlow's gradient of every
+      depthwise conv; 'folded' = the kernel gradient of stride-1 5x5
+      depthwise convs computed as a forward depthwise conv (a CPU speed-up,
+      same values up to rounding); 'auto' = 'folded' when the process sees
+      no TPU or GPU.
 
   Batch-norm settings (momentum, epsilon, use_sync_bn, bn_group_size) come
   from the model's `norm_activation` config.
@@ -33,6 +41,7 @@ class PaperEfficientNet(hyperparams.Config):
   stochastic_depth_drop_rate: float = 0.2
   activation: str = 'swish'
   conv_dtype: str = ''
+  depthwise_kernel_gradient: str = 'auto'
 
 
 @dataclasses.dataclass
