@@ -175,3 +175,23 @@ def test_runtime_only_changes_are_allowed_and_recorded(tmp_path):
   with open(os.path.join(model_dir, resume_guard.CHANGES_FILE)) as f:
     history = yaml.safe_load(f)
   assert len(history) == 2 and 'trainer.train_epochs' in history[1]['forced']
+
+
+def test_resuming_a_run_saved_before_depthwise_kernel_gradient_existed(
+    tmp_path):
+  import yaml  # pylint: disable=g-import-not-at-top
+  from official_ext.core import config_overrides  # pylint: disable=g-import-not-at-top
+  model_dir = str(tmp_path / 'run')
+  params = config_overrides.parse_configuration('effnet_b0_digits',
+                                                params_override=SHORT)
+  resume_guard.write_params(params, model_dir)
+  path = os.path.join(model_dir, resume_guard.PARAMS_FILE)
+  old = resume_guard.read_params(model_dir)
+  del old['task']['model']['backbone']['paper_efficientnet'][
+      'depthwise_kernel_gradient']
+  with open(path, 'w') as f:
+    yaml.dump(old, f)
+  changes = resume_guard.check_resume(model_dir, params)
+  assert changes == [(
+      'task.model.backbone.paper_efficientnet.depthwise_kernel_gradient',
+      None, 'auto')]

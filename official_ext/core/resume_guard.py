@@ -46,6 +46,9 @@ RUNTIME_ONLY: Tuple[str, ...] = (
     'trainer.validation_summary_subdir',
     'trainer.preemption_on_demand_checkpoint', 'trainer.eval_tf_*',
     'trainer.allow_tpu_summary',
+    # How a gradient is computed, not its value (a CPU speed-up; runs saved
+    # before the field existed lack it).
+    'task.model.backbone.paper_efficientnet.depthwise_kernel_gradient',
 )
 
 

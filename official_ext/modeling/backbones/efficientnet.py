@@ -37,7 +37,9 @@ contract):
 * `conv_dtype` runs only the convolutions in another precision (the paper's
   "bfloat16 for convolutions, float32 elsewhere");
 * 1x1 stride-1 convolutions are `PointwiseConv2D`, a `Conv2D` computed as a
-  matrix multiply (same variables and outputs; much faster on CPU).
+  matrix multiply, and `depthwise_kernel_gradient='folded'` computes the
+  kernel gradient of stride-1 5x5 depthwise convs as a forward depthwise conv
+  (same variables and values up to rounding; both faster on CPU).
 
 Output contract (same as Model Garden's EfficientNet, so
 `official.vision.modeling.classification_model.ClassificationModel` works
