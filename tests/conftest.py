@@ -34,7 +34,7 @@ def short_run(tmp_path_factory):
   """One finished short run of train.py (LR per 256 images 2.0).
 
   Returns a namespace: fixture, model_dir, result (the CompletedProcess,
-  with the run's console).
+  with the run's console), second (short_run_dirs' run, started alongside).
   """
   from official_ext.tools import make_fixture  # pylint: disable=g-import-not-at-top
   from tests import short_runs as runs  # pylint: disable=g-import-not-at-top
@@ -43,10 +43,13 @@ def short_run(tmp_path_factory):
       str(root / 'fixture'), num_classes=runs.NUM_CLASSES,
       num_train=runs.NUM_TRAIN, num_eval=runs.NUM_EVAL, image_size=20)
   model_dir = root / 'lr2'
+  # short_run_dirs' second run starts now: the two overlap on two cores.
+  second = runs.Background(root / 'lr1', fixture, _lr_override(1.0))
   result = runs.launch(model_dir, fixture, _lr_override(2.0))
   assert result.returncode == 0, result.stderr[-3000:]
-  return types.SimpleNamespace(fixture=fixture, model_dir=str(model_dir),
-                               result=result)
+  yield types.SimpleNamespace(fixture=fixture, model_dir=str(model_dir),
+                              result=result, second=second)
+  second.result()  # Not left running when no test asked for it.
 
 
 @pytest.fixture(scope='session')
@@ -55,9 +58,8 @@ def short_run_dirs(short_run):
 
   Returns {'fixture': the fixture, 'lr2': model_dir, 'lr1': model_dir}.
   """
-  from tests import short_runs as runs  # pylint: disable=g-import-not-at-top
   model_dir = os.path.join(os.path.dirname(short_run.model_dir), 'lr1')
-  result = runs.launch(model_dir, short_run.fixture, _lr_override(1.0))
+  result = short_run.second.result()
   assert result.returncode == 0, result.stderr[-3000:]
   return {'fixture': short_run.fixture, 'lr2': short_run.model_dir,
           'lr1': model_dir}

@@ -8,6 +8,7 @@ import copy
 import os
 import subprocess
 import sys
+import threading
 
 import yaml
 
@@ -73,3 +74,28 @@ def launch(model_dir, fixture, extra=None, timeout=900,
        f'--model_dir={model_dir}', f'--params_override={override_file}',
        *flags],
       capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+class Background:
+  """`launch(...)` in a thread, so that two runs' tracing (Python, one core
+  each) overlaps on a 2-core host; `result()` waits for its CompletedProcess.
+  """
+
+  def __init__(self, *args, **kwargs):
+    self._result = None
+    self._error = None
+    self._thread = threading.Thread(target=self._run, args=args,
+                                    kwargs=kwargs, daemon=True)
+    self._thread.start()
+
+  def _run(self, *args, **kwargs):
+    try:
+      self._result = launch(*args, **kwargs)
+    except BaseException as e:  # pylint: disable=broad-except
+      self._error = e
+
+  def result(self) -> subprocess.CompletedProcess:
+    self._thread.join()
+    if self._error is not None:
+      raise self._error
+    return self._result
