@@ -10,13 +10,14 @@ import tensorflow as tf
 def configure_logical_cpus(num_devices: int) -> None:
   """Splits the physical CPU into `num_devices` logical devices.
 
-  Must run before TensorFlow initializes its devices; calling it again with
-  the same number is a no-op, with another number after initialization an
-  error.
+  Must run before TensorFlow initializes its devices. Asking again for at
+  most as many devices as are already configured is a no-op (an earlier,
+  larger split serves fewer replicas too); asking for more after
+  initialization is an error.
   """
   cpus = tf.config.list_physical_devices('CPU')
   current = tf.config.get_logical_device_configuration(cpus[0])
-  if current is not None and len(current) == num_devices:
+  if current is not None and len(current) >= num_devices:
     return
   try:
     tf.config.set_logical_device_configuration(
