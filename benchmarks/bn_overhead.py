@@ -23,7 +23,7 @@ Parts (`--part`):
               local     tf_keras BatchNormalization(fused=True), per replica;
               groupedG  GroupedBatchNormalization(group_size=G), G from
                         `--group-sizes` (2,4), through
-                        `make_norm_layer_factory` (contiguous groups);
+                        `norm_layer_factory.make_norm_layer_factory` (contiguous groups);
               sync      tf_keras BatchNormalization(synchronized=True), all
                         replicas.
             Small images and per-replica batches (`--bn-image-size` 32,
@@ -90,6 +90,7 @@ from official.vision.modeling import classification_model
 from official.vision.modeling.backbones import efficientnet as mg_efficientnet
 from official_ext.core import runtime
 from official_ext.modeling.backbones import efficientnet
+from official_ext.modeling.layers import norm_layer_factory
 
 
 HEAVY_OPS = ('Conv2D', 'Conv2DBackpropInput', 'Conv2DBackpropFilter',
@@ -221,7 +222,7 @@ def bn_norm_factory(variant):
     config = types.SimpleNamespace(
         use_sync_bn=False, bn_group_size=int(variant[len('grouped'):]),
         device_mesh=())
-  return efficientnet.make_norm_layer_factory(config)
+  return norm_layer_factory.make_norm_layer_factory(config)
 
 
 def describe_norm_layers(model):

@@ -61,6 +61,7 @@ import experiments  # pylint: disable=unused-import  (registers experiments)
 from official_ext.core import config_overrides
 from official_ext.core import recipe
 from official_ext.modeling.backbones import efficientnet
+from official_ext.modeling.layers import depthwise_conv
 from official_ext.modeling.optimization import configs as opt_configs
 
 NUM_CLASSES = 1000
@@ -207,7 +208,7 @@ def train_steps(args, replicas: int):
 
 
 def depthwise_gradient(ours) -> str:
-  return efficientnet.resolve_depthwise_kernel_gradient(
+  return depthwise_conv.resolve_kernel_gradient(
       ours.task.model.backbone.paper_efficientnet.depthwise_kernel_gradient)
 
 

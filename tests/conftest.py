@@ -44,7 +44,7 @@ def short_run(tmp_path_factory):
       num_train=runs.NUM_TRAIN, num_eval=runs.NUM_EVAL, image_size=20)
   model_dir = root / 'lr2'
   # short_run_dirs' second run starts now: the two overlap on two cores.
-  second = runs.Background(root / 'lr1', fixture, _lr_override(1.0))
+  second = runs.start(root / 'lr1', fixture, _lr_override(1.0))
   result = runs.launch(model_dir, fixture, _lr_override(2.0))
   assert result.returncode == 0, result.stderr[-3000:]
   yield types.SimpleNamespace(fixture=fixture, model_dir=str(model_dir),

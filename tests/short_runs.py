@@ -4,11 +4,11 @@ Each run is the demo experiment (LARS, warmup, polynomial decay, 2 CPU
 replicas) on a 4-class fixture at 16 px: 4 steps, an evaluation after each
 of its 2 epochs. Extra params_override entries make runs differ.
 """
+import concurrent.futures
 import copy
 import os
 import subprocess
 import sys
-import threading
 
 import yaml
 
@@ -76,26 +76,11 @@ def launch(model_dir, fixture, extra=None, timeout=900,
       capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
-class Background:
+def start(*args, **kwargs) -> concurrent.futures.Future:
   """`launch(...)` in a thread, so that two runs' tracing (Python, one core
-  each) overlaps on a 2-core host; `result()` waits for its CompletedProcess.
-  """
-
-  def __init__(self, *args, **kwargs):
-    self._result = None
-    self._error = None
-    self._thread = threading.Thread(target=self._run, args=args,
-                                    kwargs=kwargs, daemon=True)
-    self._thread.start()
-
-  def _run(self, *args, **kwargs):
-    try:
-      self._result = launch(*args, **kwargs)
-    except BaseException as e:  # pylint: disable=broad-except
-      self._error = e
-
-  def result(self) -> subprocess.CompletedProcess:
-    self._thread.join()
-    if self._error is not None:
-      raise self._error
-    return self._result
+  each) overlaps on a 2-core host; the future's `result()` is its
+  CompletedProcess."""
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+  future = pool.submit(launch, *args, **kwargs)
+  pool.shutdown(wait=False)  # the thread ends with its run
+  return future

@@ -140,10 +140,10 @@ def test_backbone_choice(choice, folded):
 
 
 def test_auto_is_folded_on_a_cpu_only_host():
-  assert efficientnet.resolve_depthwise_kernel_gradient('auto') == 'folded'
+  assert depthwise_conv.resolve_kernel_gradient('auto') == 'folded'
   with conftest.cpu_strategy(2).scope():  # CPUs only: still folded
-    assert efficientnet.resolve_depthwise_kernel_gradient('auto') == 'folded'
-  assert efficientnet.resolve_depthwise_kernel_gradient('native') == 'native'
+    assert depthwise_conv.resolve_kernel_gradient('auto') == 'folded'
+  assert depthwise_conv.resolve_kernel_gradient('native') == 'native'
 
 
 def test_bad_choice_is_an_error_naming_it():

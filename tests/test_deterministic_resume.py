@@ -106,7 +106,7 @@ def _launch_and_kill_after(model_dir, fixture, checkpoint):
 def test_killed_and_rerun_ends_as_the_uninterrupted_run(fixture, tmp_path):
   whole = tmp_path / 'whole'
   # The uninterrupted run overlaps the one that is killed (two cores).
-  uninterrupted = short_runs.Background(whole, fixture, DETERMINISTIC)
+  uninterrupted = short_runs.start(whole, fixture, DETERMINISTIC)
   killed = tmp_path / 'killed'
   first = f'ckpt-{short_runs.EVAL_STEPS[0]}'
   assert _launch_and_kill_after(killed, fixture, first) == -signal.SIGKILL

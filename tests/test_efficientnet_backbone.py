@@ -9,6 +9,7 @@ from official.vision.modeling import classification_model
 from official.vision.modeling.backbones import factory
 
 from official_ext.modeling.backbones import efficientnet
+from official_ext.modeling.layers import norm_layer_factory
 from official_ext.vision.configs import backbones as backbones_cfg
 from official_ext.vision.configs import efficientnet as effnet_defaults
 from official_ext.vision.configs import image_classification as ic_cfg
@@ -205,7 +206,7 @@ def test_built_through_model_garden_factory():
   # Model Garden's own NormActivation (relu by default, no bn_group_size):
   # the activation comes from the backbone config, swish.
   assert backbones_cfg.Backbone().paper_efficientnet.activation == 'swish'
-  factory_fn = efficientnet.make_norm_layer_factory(
+  factory_fn = norm_layer_factory.make_norm_layer_factory(
       mg_common.NormActivation(use_sync_bn=True))
   assert factory_fn(axis=-1, momentum=0.99, epsilon=1e-3,
                     name='batch_normalization').synchronized
@@ -214,7 +215,7 @@ def test_built_through_model_garden_factory():
 def test_bn_group_size_selects_grouped_batch_norm():
   grouped_batch_norm = pytest.importorskip(
       'official_ext.modeling.layers.grouped_batch_norm')
-  norm_factory = efficientnet.make_norm_layer_factory(
+  norm_factory = norm_layer_factory.make_norm_layer_factory(
       ic_cfg.NormActivation(bn_group_size=4, norm_momentum=0.9))
   layer = norm_factory(axis=-1, momentum=0.9, epsilon=1e-3, dtype=None,
                        name='blocks_0_project_batch_normalization')

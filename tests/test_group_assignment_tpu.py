@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from official_ext.modeling.backbones import efficientnet
+from official_ext.modeling.layers import norm_layer_factory
 from official_ext.modeling.layers import group_assignment as ga
 from official_ext.modeling.layers import grouped_batch_norm
 from official_ext.vision.configs import image_classification as exp_cfg
@@ -137,7 +137,7 @@ def test_tpu_branch_sends_the_device_assignment_groups_to_cross_replica_sum(
       v3_topology(*mesh), num_replicas=cores)
   norm = exp_cfg.NormActivation(bn_group_size=group_size,
                                 bn_group_layout=layout)
-  groups = efficientnet.replica_groups(norm, cores,
+  groups = norm_layer_factory.replica_groups(norm, cores,
                                        device_assignment=assignment)
   assert groups == ga.group_assignment_from_device_assignment(
       assignment, group_size, layout)
@@ -162,6 +162,6 @@ def test_tpu_branch_sends_the_device_assignment_groups_to_cross_replica_sum(
 def test_tpu_without_device_assignment_refuses_tiles():
   norm = exp_cfg.NormActivation(bn_group_size=64)
   with pytest.raises(ValueError, match='needs the TPUStrategy.s device'):
-    efficientnet.replica_groups(norm, 1024, on_tpu=True)
+    norm_layer_factory.replica_groups(norm, 1024, on_tpu=True)
   norm = exp_cfg.NormActivation(bn_group_size=4)
-  assert efficientnet.replica_groups(norm, 16, on_tpu=True)[1] == [4, 5, 6, 7]
+  assert norm_layer_factory.replica_groups(norm, 16, on_tpu=True)[1] == [4, 5, 6, 7]

@@ -53,7 +53,7 @@ string: '2', '3', '4', '5' are the outputs of stages 2, 3, 5 and 7 (strides
 """
 import dataclasses
 import math
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import tensorflow as tf
 import tf_keras
@@ -61,12 +61,12 @@ import tf_keras
 from official.modeling import hyperparams
 from official.vision.modeling.backbones import factory
 from official_ext.modeling.layers import depthwise_conv
+from official_ext.modeling.layers import norm_layer_factory as norm_layers
 from official_ext.modeling.layers import pointwise_conv
 from official_ext.vision.configs import backbones as backbones_cfg
 
 layers = tf_keras.layers
 
-NormLayerFactory = Callable[..., tf_keras.layers.Layer]
 DTypeLike = Union[None, str, tf_keras.mixed_precision.Policy]
 
 
@@ -273,7 +273,7 @@ class EfficientNet(tf_keras.Model):
                activation: str = 'swish',
                norm_momentum: float = 0.99,
                norm_epsilon: float = 1e-3,
-               norm_layer_factory: Optional[NormLayerFactory] = None,
+               norm_layer_factory: Optional[norm_layers.NormLayerFactory] = None,
                conv_dtype: DTypeLike = None,
                depthwise_kernel_gradient: str = 'native',
                kernel_initializer: Any = None,
@@ -486,112 +486,6 @@ class EfficientNet(tf_keras.Model):
     return cls(**config)
 
 
-def resolve_depthwise_kernel_gradient(choice: str) -> str:
-  """'auto' -> 'folded' when this process runs on CPU only, else 'native'.
-
-  The folded kernel gradient is a CPU optimization; TPUs (XLA) and GPUs keep
-  TensorFlow's own gradient.
-  """
-  if choice != 'auto':
-    return choice
-  on_accelerator = (
-      isinstance(tf.distribute.get_strategy(),
-                 (tf.distribute.TPUStrategy,
-                  tf.distribute.experimental.TPUStrategy))
-      or tf.config.list_logical_devices('TPU')
-      or tf.config.list_logical_devices('GPU'))
-  return 'native' if on_accelerator else 'folded'
-
-
-def bn_group_assignment(norm_activation_config: hyperparams.Config,
-                        strategy: Optional[tf.distribute.Strategy] = None
-                        ) -> Optional[List[List[int]]]:
-  """Replica groups for grouped BN under `strategy` (None: local BN).
-
-  Under TPUStrategy the groups come from the device assignment it was built
-  with (official_ext.core.tpu_slice); see `replica_groups`.
-  """
-  from official_ext.core import tpu_slice  # pylint: disable=g-import-not-at-top
-  strategy = strategy or tf.distribute.get_strategy()
-  on_tpu = tpu_slice.is_tpu_strategy(strategy)
-  return replica_groups(
-      norm_activation_config, strategy.num_replicas_in_sync,
-      device_assignment=tpu_slice.device_assignment(strategy) if on_tpu
-      else None, on_tpu=on_tpu)
-
-
-def replica_groups(norm_activation_config: hyperparams.Config,
-                   num_replicas: int,
-                   device_assignment=None,
-                   on_tpu: bool = False) -> Optional[List[List[int]]]:
-  """The BN groups of `norm_activation` on `num_replicas` replicas.
-
-  The groups of `bn_group_layout` ('auto': contiguous up to 16 replicas per
-  group, 2-D chip tiles past 16): from the TPU `device_assignment` when
-  given, else from `norm_activation.device_mesh` (derived from
-  runtime.device_mesh). None means local BN.
-  """
-  # Imported here so this module does not depend on it at import time.
-  from official_ext.modeling.layers import group_assignment as ga  # pylint: disable=g-import-not-at-top
-  group_size = int(getattr(norm_activation_config, 'bn_group_size', 1))
-  layout = getattr(norm_activation_config, 'bn_group_layout', 'auto')
-  if num_replicas == 1:
-    return None
-  if group_size < 1:
-    raise ValueError(
-        f'norm_activation.bn_group_size={group_size} is not resolved for the '
-        f'{num_replicas} replicas (bn_group_rule='
-        f'{getattr(norm_activation_config, "bn_group_rule", "fixed")!r}); '
-        'resolve the params with official_ext.core.recipe.resolve(params, '
-        'num_replicas=...) first')
-  if group_size == 1:
-    return None
-  if device_assignment is not None:
-    return ga.group_assignment_from_device_assignment(
-        device_assignment, group_size, layout)
-  if on_tpu:
-    if ga.uses_tiles(layout, group_size):
-      raise ValueError(
-          f'bn_group_layout={layout!r} with groups of {group_size} needs the '
-          "TPUStrategy's device assignment: build the strategy with "
-          'official_ext.core.tpu_slice.build_strategy')
-    return ga.contiguous_groups(num_replicas, group_size)
-  mesh = tuple(getattr(norm_activation_config, 'device_mesh', ()) or ()) or None
-  return ga.group_assignment(
-      num_replicas, group_size, mesh_shape=mesh,
-      cores_per_chip=int(getattr(norm_activation_config, 'cores_per_chip', 2)),
-      layout=layout)
-
-
-def make_norm_layer_factory(
-    norm_activation_config: hyperparams.Config) -> NormLayerFactory:
-  """Chooses the normalization layer from a NormActivation config.
-
-  `bn_group_size` > 1 (official_ext's NormActivation): grouped batch norm
-  whose statistics are shared by groups of that many replicas (the groups of
-  `bn_group_layout`; see `bn_group_assignment`); otherwise
-  `use_sync_bn`: tf_keras synchronized BN over all replicas; otherwise plain
-  per-replica BN.
-  """
-  # Checks the groups fit the strategy's replicas (and that the group size is
-  # resolved) even where no group forms.
-  assignment = bn_group_assignment(norm_activation_config)
-  group_size = int(getattr(norm_activation_config, 'bn_group_size', 1))
-  if group_size > 1:
-    # Imported here so this module does not depend on it at import time.
-    from official_ext.modeling.layers import grouped_batch_norm  # pylint: disable=g-import-not-at-top
-
-    def grouped(**kwargs):
-      return grouped_batch_norm.GroupedBatchNormalization(
-          group_size=group_size, group_assignment=assignment, **kwargs)
-    return grouped
-  if getattr(norm_activation_config, 'use_sync_bn', False):
-    def synchronized(**kwargs):
-      return layers.BatchNormalization(synchronized=True, **kwargs)
-    return synchronized
-  return layers.BatchNormalization
-
-
 @factory.register_backbone_builder('paper_efficientnet')
 def build_paper_efficientnet(
     input_specs: tf_keras.layers.InputSpec,
@@ -625,8 +519,9 @@ def build_paper_efficientnet(
       activation=cfg.activation,
       norm_momentum=norm_activation_config.norm_momentum,
       norm_epsilon=norm_activation_config.norm_epsilon,
-      norm_layer_factory=make_norm_layer_factory(norm_activation_config),
+      norm_layer_factory=norm_layers.make_norm_layer_factory(
+          norm_activation_config),
       conv_dtype=cfg.conv_dtype or None,
-      depthwise_kernel_gradient=resolve_depthwise_kernel_gradient(
+      depthwise_kernel_gradient=depthwise_conv.resolve_kernel_gradient(
           cfg.depthwise_kernel_gradient),
       kernel_regularizer=l2_regularizer)

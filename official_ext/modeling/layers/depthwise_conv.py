@@ -108,3 +108,20 @@ class FoldedGradientDepthwiseConv2D(tf_keras.layers.DepthwiseConv2D):
     config = super().get_config()
     config['min_folded_kernel_size'] = self.min_folded_kernel_size
     return config
+
+
+def resolve_kernel_gradient(choice: str) -> str:
+  """'auto' -> 'folded' when this process runs on CPU only, else 'native'.
+
+  The folded kernel gradient is a CPU optimization; TPUs (XLA) and GPUs keep
+  TensorFlow's own gradient.
+  """
+  if choice != 'auto':
+    return choice
+  on_accelerator = (
+      isinstance(tf.distribute.get_strategy(),
+                 (tf.distribute.TPUStrategy,
+                  tf.distribute.experimental.TPUStrategy))
+      or tf.config.list_logical_devices('TPU')
+      or tf.config.list_logical_devices('GPU'))
+  return 'native' if on_accelerator else 'folded'
