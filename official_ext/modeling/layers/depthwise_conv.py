@@ -30,6 +30,8 @@ gradient is computed in float32.
 import tensorflow as tf
 import tf_keras
 
+from official_ext.core import tpu_slice
+
 
 def same_padding(size: int, kernel_size: int, stride: int):
   """(before, after) padding of TensorFlow's 'SAME' for one spatial axis."""
@@ -119,9 +121,7 @@ def resolve_kernel_gradient(choice: str) -> str:
   if choice != 'auto':
     return choice
   on_accelerator = (
-      isinstance(tf.distribute.get_strategy(),
-                 (tf.distribute.TPUStrategy,
-                  tf.distribute.experimental.TPUStrategy))
+      tpu_slice.is_tpu_strategy(tf.distribute.get_strategy())
       or tf.config.list_logical_devices('TPU')
       or tf.config.list_logical_devices('GPU'))
   return 'native' if on_accelerator else 'folded'
